@@ -1,0 +1,68 @@
+"""CLIP's causal text transformer, encodable from embeddings so that learned contexts can replace words.
+
+Two exact savings (performance.md §2.2). Only the EOT token is pooled and attention is causal, so tokens
+after the batch's longest EOT never matter: sequences are cut there. And when every class prompt starts
+with the same tokens (SOS + a learned context), their hidden states are identical for all classes:
+`encode_shared_prefix` computes them once and lets each class run only its own suffix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import TextConfig
+from .layers import Transformer
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, cfg: TextConfig, embed_dim: int, act: str, eps: float) -> None:
+        super().__init__()
+        self.context_length = cfg.context_length
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(cfg.context_length, cfg.width))
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_width or 4 * cfg.width, act, eps)
+        self.ln_final = nn.LayerNorm(cfg.width, eps=eps)
+        self.text_projection = nn.Parameter(cfg.width**-0.5 * torch.randn(cfg.width, embed_dim))
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.resblocks
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Token ids (N, L) -> text features (N, embed_dim); EOT has the largest id, so argmax finds it."""
+        return self.encode_embeddings(self.token_embedding(tokens), tokens.argmax(dim=-1))
+
+    def encode_embeddings(self, embeddings: Tensor, eot_index: Tensor, length: int | None = None) -> Tensor:
+        """Token embeddings (N, L, W), without positions -> features (N, embed_dim) pooled at eot_index (N,).
+
+        length: how many positions to run; by default the batch's longest EOT + 1 (exact, and the
+        cheapest). Pass it when known to avoid reading eot_index back from the device.
+        """
+        length = int(eot_index.max()) + 1 if length is None else length
+        h = embeddings[:, :length] + self.positional_embedding[:length].to(embeddings.dtype)
+        for block in self.blocks:
+            h = block(h, causal=True)
+        return self._pool(h, eot_index)
+
+    def encode_shared_prefix(self, prefix: Tensor, suffixes: Tensor, eot_index: Tensor,
+                             length: int | None = None) -> Tensor:
+        """Prompts that all begin with `prefix` (P, W), followed by `suffixes` (N, S, W) -> (N, embed_dim).
+
+        Equals `encode_embeddings` on the concatenated sequences. eot_index (N,) counts within the
+        suffixes; gradients from every class reach the one shared prefix.
+        """
+        n_prefix = prefix.shape[-2]
+        length = int(eot_index.max()) + 1 if length is None else length
+        positions = self.positional_embedding.to(suffixes.dtype)
+        h_prefix = prefix.reshape(1, n_prefix, -1) + positions[:n_prefix]
+        h = suffixes[:, :length] + positions[n_prefix:n_prefix + length]
+        for block in self.blocks:
+            h_prefix, prefix_kv = block(h_prefix, causal=True, return_kv=True)
+            h = block(h, past_kv=prefix_kv, causal=True)
+        return self._pool(h, eot_index)
+
+    def _pool(self, hidden: Tensor, eot_index: Tensor) -> Tensor:
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_index]
+        return self.ln_final(pooled) @ self.text_projection

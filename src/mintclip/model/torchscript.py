@@ -1,0 +1,86 @@
+"""Read the weights out of a TorchScript archive (OpenAI's `ViT-B-16.pt`, ...) without running it.
+
+`torch.jit.load` executes the archive's code and its pickles may run arbitrary code; `torch.load`
+with `weights_only=True` refuses TorchScript. This reader unpickles `data.pkl` with a restricted
+unpickler: every `__torch__.*` module class becomes an inert record of its attributes, and the only
+callables it will build are tensors from the archive's own storages. Nothing else resolves.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+STORAGE_DTYPES = {
+    "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class ScriptModuleRecord:
+    """Stands in for a pickled TorchScript module: keeps its class name and attributes, runs nothing."""
+
+    class_name = ""
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state if isinstance(state, dict) else {}
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: Any) -> torch.Tensor:
+    return torch.as_strided(storage, size, stride, offset).clone()
+
+
+def is_torchscript_zip(names: list[str]) -> bool:
+    return any(n.endswith("/data.pkl") for n in names) and any("/code/__torch__" in n for n in names)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, archive: zipfile.ZipFile, root: str) -> None:
+        super().__init__(archive.open(f"{root}/data.pkl"))
+        self.archive, self.root = archive, root
+        self.class_names: set[str] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("__torch__"):
+            self.class_names.add(name)
+            return type(name, (ScriptModuleRecord,), {"class_name": name})
+        if (module, name) in {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")}:
+            return _rebuild_tensor
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TorchScript archive")
+
+    def persistent_load(self, pid: Any) -> torch.Tensor:
+        kind, dtype, key, _location, _numel = pid
+        if kind != "storage" or not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        data = bytearray(self.archive.read(f"{self.root}/data/{key}"))
+        return torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+
+
+def _collect(record: ScriptModuleRecord, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    for name, value in record.state.items():
+        if isinstance(value, torch.Tensor):
+            out[prefix + name] = value
+        elif isinstance(value, ScriptModuleRecord):
+            _collect(value, f"{prefix}{name}.", out)
+
+
+def read_torchscript(archive: zipfile.ZipFile) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The archive's parameters and buffers by dotted name, and the class names of its modules."""
+    names = archive.namelist()
+    root = next(n for n in names if n.endswith("/data.pkl")).rsplit("/", 1)[0]
+    unpickler = _RestrictedUnpickler(archive, root)
+    top = unpickler.load()
+    if not isinstance(top, ScriptModuleRecord):
+        raise pickle.UnpicklingError("data.pkl does not hold a TorchScript module")
+    tensors: dict[str, torch.Tensor] = {}
+    _collect(top, "", tensors)
+    return tensors, unpickler.class_names
