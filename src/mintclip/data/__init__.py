@@ -1,0 +1,1 @@
+"""Datasets with the references ' label spaces, robust decoding, and test-time views."""
