@@ -1,1 +1,1 @@
-"""Datasets with the references ' label spaces, robust decoding, and test-time views."""
+"""Datasets with the reference label spaces, robust image decoding, and test-time views."""
