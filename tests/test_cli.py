@@ -43,3 +43,15 @@ def test_console_script_and_module_entry_points():
     assert "info" in help_text
     version = subprocess.run([sys.executable, "-m", "mintclip", "--version"], capture_output=True, text=True)
     assert version.stdout.strip() == f"mintclip {mintclip.__version__}"
+
+
+def test_check_data_lists_sets_and_problems(tmp_path, capsys):
+    from tests.data.test_catalog import ASSETS, make_tree
+
+    make_tree(tmp_path / "imagenet-a", ASSETS["imagenet_a_wnids"])
+    assert main(["check-data", str(tmp_path), "--test_sets", "A/V"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("A: 200 images, 200 classes, layout imagenet-a (TPT, MINT, DynaPrompt, ZERO)")
+    assert out[1].startswith("V: PROBLEM: ") and out[2] == "1 of 2 sets ready"
+    assert main(["check-data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 of 15 sets ready"

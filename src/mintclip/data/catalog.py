@@ -1,0 +1,70 @@
+"""Which images a test set holds and what their labels mean, checked before any image is read.
+
+The commonest way TTA results go wrong is data: a root one level off (TPT#15 got 0.5% on ImageNet-A),
+a class order scrambled by a string sort, a class folder missing. Every set is opened through a layout
+that is recognised exactly (each one a reference repository uses), and anything else is a one-line
+`DatasetError` that says what was expected and where. Never a silent mislabel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .coop_splits import SETS as CROSS_DOMAIN
+from .coop_splits import open_cross_domain_set
+from .folders import DatasetError, ImageDataset, open_csv, open_image_folder
+from .imagenet import LAYOUTS as IMAGENET_LAYOUTS
+from .imagenet import open_imagenet_set
+
+IMAGENET_SETS = tuple(IMAGENET_LAYOUTS)  # I, A, R, V, K
+CROSS_DOMAIN_SETS = (*CROSS_DOMAIN, "Aircraft")
+SET_IDS = IMAGENET_SETS + CROSS_DOMAIN_SETS
+# The spellings of the reference repositories and their command lines (TPT, DynaPrompt, TDA, ...).
+ALIASES = {
+    "imagenet": "I", "imagenet-a": "A", "imagenet_a": "A", "imagenet-r": "R", "imagenet_r": "R",
+    "imagenetv2": "V", "imagenet-v2": "V", "imagenet_v2": "V", "imagenet-sketch": "K", "imagenet_sketch": "K",
+    "sketch": "K", "flowers102": "Flower102", "oxford_flowers": "Flower102", "oxford_pets": "Pets",
+    "stanford_cars": "Cars", "fgvc": "Aircraft", "fgvc_aircraft": "Aircraft",
+}
+CUSTOM = ("folder", "csv")
+
+
+def resolve_set_id(name: str) -> str:
+    """A set id in any reference spelling ('A', 'flower102', 'eurosat', 'oxford_pets') -> mintclip's id."""
+    if name in SET_IDS or name in CUSTOM:
+        return name
+    by_lower = {s.lower(): s for s in SET_IDS} | ALIASES
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    raise DatasetError(f"unknown set id {name!r}: use one of {', '.join(SET_IDS)}, or 'folder' (any ImageFolder "
+                       "tree) or 'csv' (a path,label file)")
+
+
+def open_dataset(root: str | Path, set_id: str) -> ImageDataset:
+    """Open one test set under a data root (for 'folder' and 'csv', root is the tree or the CSV file)."""
+    root = Path(root).expanduser()
+    set_id = resolve_set_id(set_id)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such {'file' if set_id == 'csv' else 'directory'}")
+    if set_id == "csv":
+        return open_csv(root, set_id)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a directory")
+    if set_id == "folder":
+        return open_image_folder(root, set_id)
+    if set_id in IMAGENET_SETS:
+        return open_imagenet_set(root, set_id)
+    return open_cross_domain_set(root, set_id)
+
+
+def check_data(root: str | Path, set_ids: list[str]) -> list[tuple[str, ImageDataset | None, str]]:
+    """For each set: (id, the opened dataset or None, a one-line report), without reading any image."""
+    report = []
+    for set_id in set_ids:
+        try:
+            ds = open_dataset(root, set_id)
+        except DatasetError as e:
+            report.append((set_id, None, f"{set_id}: PROBLEM: {e}"))
+        else:
+            report.append((set_id, ds, ds.summary()))
+    return report
