@@ -1,0 +1,113 @@
+"""The interface every test-time method implements, its hyper-parameters, and the registry by name.
+
+A method sees a frozen CLIP model, the class names and the set id once per set, then one test image
+at a time as its views (view 0 the original); it returns logits over the classes. Episodic methods
+(`online = False`) forget everything between images; online ones keep state, which `state_dict`
+exposes so that a run can resume exactly. The engine never branches on a method's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..model import CLIP
+
+METHOD_MODULES = ("zeroshot", "tpt", "ctpt", "zero", "mta")  # mintclip.adapt.<module>, each registers itself
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """Hyper-parameters shared by all methods; each method's Config extends it with the reference defaults."""
+
+    precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; or "bf16", "fp16", "fp32"
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    online: ClassVar[bool] = False
+    n_views: ClassVar[int] = 64  # views the method needs per image (1: only the original)
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    source: ClassVar[str] = ""  # where the defaults come from: official code file or paper
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+        self.model: CLIP | None = None
+
+    def augmix(self, set_id: str) -> bool | None:
+        """AugMix views for this set, or None for the dataset's reference default."""
+        return None
+
+    @abstractmethod
+    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
+        """Once per set: build the text side for these classes."""
+
+    @abstractmethod
+    def predict(self, views: Tensor) -> Tensor:
+        """views (V, 3, H, W) on the model's device, view 0 the original -> fp32 logits (C,)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Online state (bank, buffer, cache) for resume; empty for episodic methods."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state across images, got {sorted(state)}")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_for(self.model.device, self.config.precision)
+
+
+def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 (or fp16) autocast in the encoders; logits, softmax and entropy are computed in fp32 outside it."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def register(cls: type[Method]) -> type[Method]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_methods() -> dict[str, type[Method]]:
+    for module in METHOD_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
+    return dict(_REGISTRY)
+
+
+def parse_overrides(config_type: type[MethodConfig], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Values from YAML or `--hp key=value` strings, converted to each field's declared type."""
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    parsed = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown hyper-parameter {key!r} for this method; known: {', '.join(fields)}")
+        default = getattr(config_type(), key)
+        if isinstance(value, str) and not isinstance(default, str):
+            if isinstance(default, bool):
+                value = value.lower() in ("1", "true", "yes", "on")
+            elif default is None:
+                value = None if value.lower() == "none" else value
+            else:
+                value = type(default)(value)
+        parsed[key] = value
+    return parsed
+
+
+def build_method(name: str, overrides: dict[str, Any] | None = None) -> Method:
+    methods = available_methods()
+    if name not in methods:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(methods))}")
+    cls = methods[name]
+    return cls(cls.Config(**parse_overrides(cls.Config, overrides or {})))

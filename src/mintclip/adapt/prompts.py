@@ -1,0 +1,115 @@
+"""Text prompts: fixed class prompts (zero-shot, template ensembles) and the learnable CoOp context.
+
+The learnable prompt of TPT, C-TPT, MINT and DynaPrompt is `[SOS][ctx x n_ctx][class tokens][.][EOT]`
+(TPT `clip/custom_clip.py` PromptLearner, class token at the end). Every class shares SOS and the
+context, so `TextPromptLearner` runs that prefix once and each class only its own suffix, cut at the
+longest EOT: exact (performance.md §2.2), and 18x fewer text tokens than 77-token padding on ImageNet.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ..model import CLIP, Tokenizer
+
+
+@lru_cache
+def get_tokenizer(context_length: int = 77) -> Tokenizer:
+    return Tokenizer(context_length=context_length)
+
+
+def prompt_text(template: str, classname: str) -> str:
+    return template.format(classname.replace("_", " "))
+
+
+@torch.no_grad()
+def encode_class_prompts(model: CLIP, classnames: list[str], templates: list[str], batch: int = 1024) -> Tensor:
+    """(C, D) L2-normalised class embeddings: each template's normalised embedding, averaged over the
+    templates and normalised again (CLIP's ensembling; ZERO, TDA and the Ensemble baseline)."""
+    tokenizer = get_tokenizer(model.config.text.context_length)
+    total = torch.zeros(len(classnames), model.config.embed_dim, device=model.device)
+    for template in templates:
+        tokens = tokenizer([prompt_text(template, name) for name in classnames]).to(model.device)
+        for start in range(0, len(classnames), batch):
+            features = model.encode_text(tokens[start:start + batch]).float()
+            total[start:start + batch] += F.normalize(features, dim=-1)
+    return F.normalize(total, dim=-1)
+
+
+def load_coop_context(path: str | Path) -> Tensor:
+    """A CoOp context tensor (n_ctx, width): CoOp's `model.pth.tar` ({'state_dict': {'ctx': ...}}), a dict
+    with 'ctx', a bare tensor, or safetensors with 'ctx'. Read with weights-only loading."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        obj: object = load_file(str(path))
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "ctx"):
+        if isinstance(obj, dict) and key in obj:
+            obj = obj[key]
+    if not isinstance(obj, Tensor) or obj.ndim != 2:
+        raise ValueError(f"{path}: no CoOp context tensor (n_ctx, width) found (looked for state_dict.ctx, ctx)")
+    return obj.float()
+
+
+class TextPromptLearner(nn.Module):
+    """A learnable context shared by all classes; `forward()` -> (C, D) normalised class features.
+
+    ctx_init: words whose token embeddings start the context ("a photo of a"); ctx_vectors: a CoOp
+    context tensor; neither: N(0, 0.02²) with the placeholder "X X X X". `reset()` restores the start.
+    """
+
+    def __init__(self, model: CLIP, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = "a photo of a",
+                 ctx_vectors: Tensor | None = None) -> None:
+        super().__init__()
+        self.model = model
+        tokenizer = get_tokenizer(model.config.text.context_length)
+        if ctx_vectors is not None:
+            n_ctx = ctx_vectors.shape[0]
+        elif ctx_init:
+            n_ctx = len(tokenizer.encode(ctx_init))
+        placeholder = ctx_init if ctx_init and ctx_vectors is None else " ".join(["X"] * n_ctx)
+        tokens = tokenizer([prompt_text(placeholder + " {}.", name) for name in classnames]).to(model.device)
+        with torch.no_grad():
+            embeddings = model.text.token_embedding(tokens)  # (C, 77, W)
+        if ctx_vectors is not None:
+            if ctx_vectors.shape[1] != embeddings.shape[-1]:
+                raise ValueError(f"CoOp context width {ctx_vectors.shape[1]} != text width {embeddings.shape[-1]}")
+            start = ctx_vectors.to(embeddings)
+        elif ctx_init:
+            start = embeddings[0, 1:1 + n_ctx]
+        else:
+            start = torch.randn(n_ctx, embeddings.shape[-1], device=model.device) * 0.02
+        self.n_ctx = n_ctx
+        self.eot_index = tokens.argmax(-1)  # (C,) in the full sequence
+        self.length = int(self.eot_index.max()) + 1  # the exact cut: nothing after the longest EOT matters
+        self.register_buffer("sos", embeddings[0, :1].clone())  # (1, W)
+        self.register_buffer("suffix", embeddings[:, 1 + n_ctx:self.length].clone())  # (C, L - 1 - n_ctx, W)
+        self.register_buffer("padded_suffix", embeddings[:, 1 + n_ctx:].clone())  # the 77-token reference path
+        self.register_buffer("ctx_start", start.detach().clone())
+        self.ctx = nn.Parameter(start.detach().clone())
+
+    def reset(self) -> None:
+        with torch.no_grad():
+            self.ctx.copy_(self.ctx_start)
+
+    def prefix(self) -> Tensor:
+        return torch.cat([self.sos, self.ctx.to(self.sos.dtype)], dim=0)  # (1 + n_ctx, W)
+
+    def forward(self) -> Tensor:
+        n_prefix = 1 + self.n_ctx
+        features = self.model.text.encode_shared_prefix(self.prefix(), self.suffix, self.eot_index - n_prefix,
+                                                        length=self.length - n_prefix)
+        return F.normalize(features.float(), dim=-1)
+
+    def forward_padded(self) -> Tensor:
+        """The reference code's way: every class prompt padded to 77 tokens. Same numbers, ~18x the work."""
+        prompts = torch.cat([self.prefix().expand(len(self.suffix), -1, -1), self.padded_suffix], dim=1)
+        features = self.model.text.encode_embeddings(prompts, self.eot_index, length=prompts.shape[1])
+        return F.normalize(features.float(), dim=-1)
