@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..model import CLIP
@@ -41,6 +42,11 @@ class Method(ABC):
         self.config = config if config is not None else self.Config()
         self.model: CLIP | None = None
 
+    @property
+    def views_per_image(self) -> int:
+        """The config's n_views where the method has that hyper-parameter, else the class's."""
+        return getattr(self.config, "n_views", self.n_views)
+
     def augmix(self, set_id: str) -> bool | None:
         """AugMix views for this set, or None for the dataset's reference default."""
         return None
@@ -58,11 +64,19 @@ class Method(ABC):
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Must work before `setup` too: state carried from one set to the next is restored before it."""
         if state:
             raise ValueError(f"{self.name} keeps no state across images, got {sorted(state)}")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_for(self.model.device, self.config.precision)
+
+    @torch.no_grad()
+    def encode_views(self, views: Tensor) -> Tensor:
+        """(V, 3, H, W) -> (V, D) L2-normalised fp32 image features; the frozen encoder runs under autocast."""
+        with self.autocast():
+            features = self.model.encode_image(views)
+        return F.normalize(features.float(), dim=-1)
 
 
 def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:

@@ -1,0 +1,55 @@
+"""C-TPT: calibrated test-time prompt tuning (Yoon et al., ICLR'24), reference `hee-suk-yoon/C-TPT@085e6c2`.
+
+TPT with one more term: loss = marginal entropy - λ · ATFD, where ATFD (average text feature dispersion)
+is the mean distance of the L2-normalised class text features from their centroid (methods.md §8).
+Spreading the class features apart lowers the calibration error that entropy minimisation raises.
+Everything else (views, selection, AdamW, steps, view-0 prediction, the exact savings) is TPT's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor
+
+from .base import register
+from .losses import marginal_entropy
+from .tpt import TPT, TPTConfig
+
+NATURAL_SHIFT_LAMBDA = 20.0  # scripts/test_tpt_ctpt_ds.sh lambda_term=20 (I, A, V, R, K)
+CROSS_DOMAIN_LAMBDA = 50.0  # scripts/test_tpt_ctpt_fg.sh lambda_term=50 (Flower102, DTD, ...)
+
+
+def atfd(text_features: Tensor) -> Tensor:
+    """Average text feature dispersion of (C, D) L2-normalised class features: the mean over classes of
+    ||t_c - mean_c' t_c'||₂, the centroid left unnormalised (clip/custom_clip.py, inference())."""
+    features = text_features.float()
+    return (features - features.mean(0)).norm(dim=-1).mean()
+
+
+@dataclasses.dataclass
+class CTPTConfig(TPTConfig):
+    # λ of the dispersion term; None: 20 for the natural-shift sets I/A/V/R/K, 50 for the cross-domain
+    # sets (scripts/test_tpt_ctpt_ds.sh, scripts/test_tpt_ctpt_fg.sh; tpt_classification.py --lambda_term)
+    lam: float | None = None
+
+
+@register
+class CTPT(TPT):
+    name = "ctpt"
+    Config = CTPTConfig
+    source = ("hee-suk-yoon/C-TPT@085e6c2 tpt_classification.py, clip/custom_clip.py, "
+              "scripts/test_tpt_ctpt_ds.sh, scripts/test_tpt_ctpt_fg.sh")
+    config: CTPTConfig
+
+    def augmix(self, set_id: str) -> bool | None:
+        # the natural-shift script passes --I_augmix (AugMix for I/A/V/R/K); cross-domain sets have it anyway
+        return True
+
+    def lam(self) -> float:
+        if self.config.lam is not None:
+            return float(self.config.lam)  # a --hp string arrives unparsed, since the default is None
+        return CROSS_DOMAIN_LAMBDA if len(self.set_id) > 1 else NATURAL_SHIFT_LAMBDA
+
+    def objective(self, logits: Tensor, text_features: Tensor) -> Tensor:
+        return marginal_entropy(logits) - self.lam() * atfd(text_features)

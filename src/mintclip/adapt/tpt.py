@@ -1,0 +1,153 @@
+"""TPT: test-time prompt tuning (Shu et al., NeurIPS'22), reference `azshue/TPT@63ecbac`.
+
+Per test image (episodic): reset the learnable context and the optimiser, take `steps` AdamW steps on
+the marginal entropy of the most confident views (chosen at step 1, reused after), then classify view 0
+alone with the tuned prompt (methods.md §1.4, §1.5, §3).
+
+Exact savings over the reference (performance.md §2.3, §3 item 5), none of which changes the result:
+* the image encoder is frozen and TPT's image features do not depend on the prompt, so the views are
+  encoded once per image (the reference re-encodes them every step and view 0 again to predict);
+* class prompts go through `TextPromptLearner`'s EOT-truncated, shared-prefix path;
+* the context is reset to the same start for every image, so the step-1 text graph is the same for every
+  image of a set: it is built once per set and back-propagated with `retain_graph` (`reuse_step0_graph`);
+* gradients are taken with respect to the context only, never the frozen CLIP weights.
+
+Precision: the reference runs fp16 autocast with `GradScaler(init_scale=1000)`. Here the encoders run
+under `self.autocast()` (bf16 on GPU, fp32 on CPU) while logits, softmax and entropies are fp32; bf16 has
+fp32's range and fp32 needs none, so there is no scaler (the unscaled AdamW step is the same update).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+from torch.func import functional_call
+
+from ..model import CLIP
+from .base import Method, MethodConfig, register
+from .losses import entropy, marginal_entropy, select_confident_views
+from .prompts import TextPromptLearner, load_coop_context
+
+
+@dataclasses.dataclass
+class TPTConfig(MethodConfig):
+    # number of context tokens: tpt_classification.py --n_ctx (default 4); with ctx_init, its word count
+    n_ctx: int = 4
+    # scripts/test_tpt.sh ctx_init=a_photo_of_a ("_" read as spaces); None or "none": N(0, 0.02²) as
+    # custom_clip.py PromptLearner does without ctx_init
+    ctx_init: str | None = "a photo of a"
+    # a CoOp context checkpoint ({'state_dict': {'ctx': ...}}) that starts the context, as TPT's --load
+    # (scripts/test_tpt_coop.sh); its row count sets n_ctx
+    coop: str | None = None
+    # tpt_classification.py --lr default 5e-3, optimiser torch.optim.AdamW(prompt params, lr)
+    lr: float = 5e-3
+    # AdamW is built without weight_decay, so PyTorch's default 0.01 applies
+    weight_decay: float = 0.01
+    # tpt_classification.py --tta_steps default 1
+    steps: int = 1
+    # tpt_classification.py --selection_p default 0.1: int(64 * 0.1) = 6 confident views
+    selection: float = 0.1
+    # views per image: tpt_classification.py -b 64, the original and AugMixAugmenter's 63 views; the
+    # engine makes this many (Method.views_per_image)
+    n_views: int = 64
+    # not in the reference: build the step-1 text graph once per set and reuse it (exact, performance.md
+    # §3 item 5); it holds that graph's activations between images. False: a fresh forward per image
+    reuse_step0_graph: bool = True
+
+
+@register
+class TPT(Method):
+    name = "tpt"
+    n_views = 64  # tpt_classification.py -b 64: the original and 63 augmented views
+    Config = TPTConfig
+    source = "azshue/TPT@63ecbac tpt_classification.py, clip/custom_clip.py, scripts/test_tpt.sh"
+    config: TPTConfig
+
+    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
+        cfg = self.config
+        self.model = model
+        self.set_id = set_id
+        ctx_init = cfg.ctx_init
+        if ctx_init is not None and ctx_init.strip().lower() in ("", "none"):
+            ctx_init = None
+        ctx_vectors = load_coop_context(cfg.coop) if cfg.coop else None
+        self.learner = TextPromptLearner(model, classnames, n_ctx=int(cfg.n_ctx),
+                                         ctx_init=ctx_init.replace("_", " ") if ctx_init else None,
+                                         ctx_vectors=ctx_vectors)
+        self._step0: tuple[Tensor, Tensor] | None = None  # (leaf context, its text features with graph)
+
+    # -- the pieces, each usable alone ---------------------------------------------------------------
+
+    def text_features(self) -> Tensor:
+        """(C, D) normalised fp32 class features of the current context, with grad to it."""
+        with self.autocast():
+            return self.learner()
+
+    def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
+        """fp32 logit_scale.exp() * cos: (V, D), (C, D) -> (V, C)."""
+        scale = self.model.logit_scale.detach().float().exp()
+        return scale * image_features.float() @ text_features.float().t()
+
+    def objective(self, logits: Tensor, text_features: Tensor) -> Tensor:
+        """The loss on the selected views' logits; TPT: their marginal entropy. C-TPT adds to it."""
+        return marginal_entropy(logits)
+
+    def select(self, logits: Tensor) -> Tensor:
+        """Indices of the int(V * selection) most confident views; at least one when V is small."""
+        selected = select_confident_views(logits, self.config.selection)
+        return selected if len(selected) else entropy(logits).argsort()[:1]
+
+    def reset(self) -> None:
+        self.learner.reset()
+
+    def adapt(self, image_features: Tensor) -> Tensor:
+        """Reset the context, then `steps` AdamW steps on the views' features (V, D); returns the views
+        selected at step 1, reused at every later step. The tuned context stays in `self.learner.ctx`."""
+        cfg = self.config
+        self.reset()
+        ctx = self.learner.ctx
+        # a fresh AdamW per image is the reference's optimizer.load_state_dict(initial state)
+        optimizer = torch.optim.AdamW([ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        selected: Tensor | None = None
+        with torch.enable_grad():
+            for step in range(int(cfg.steps)):
+                if step == 0 and cfg.reuse_step0_graph:
+                    start, graph = self._step0_graph()
+                    text = graph.detach().requires_grad_(True)
+                else:
+                    text = self.text_features()
+                logits = self.logits(image_features, text)
+                if selected is None:
+                    selected = self.select(logits.detach())
+                loss = self.objective(logits[selected], text)
+                if step == 0 and cfg.reuse_step0_graph:
+                    text_grad, = torch.autograd.grad(loss, text)
+                    grad, = torch.autograd.grad(graph, start, text_grad, retain_graph=True)
+                else:
+                    grad, = torch.autograd.grad(loss, ctx)
+                ctx.grad = grad
+                optimizer.step()
+                ctx.grad = None
+        if selected is None:  # steps == 0
+            selected = torch.arange(0, device=image_features.device)
+        return selected
+
+    def predict(self, views: Tensor) -> Tensor:
+        image_features = self.encode_views(views)
+        self.adapt(image_features)
+        with torch.no_grad():
+            logits = self.logits(image_features[:1], self.text_features())[0]
+        self.reset()  # episodic: nothing of this image is left behind
+        return logits
+
+    def _step0_graph(self) -> tuple[Tensor, Tensor]:
+        """The text features of the starting context with their graph, built once per set: the context
+        is reset to the same start for every image, so this forward is the same for all of them."""
+        if self._step0 is None:
+            start = self.learner.ctx_start.clone().requires_grad_(True)
+            with self.autocast():
+                features = functional_call(self.learner, {"ctx": start}, ())
+            self._step0 = (start, features)
+        return self._step0
