@@ -1,0 +1,76 @@
+"""Per-sample records (JSONL, flushed as they are written) and atomic files, so a killed run loses nothing.
+
+A kill can tear the last line of a JSONL file; readers drop such a line, and resume starts again from
+the last complete record (or from the last saved online state, whichever is earlier).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a JSONL file; a torn or unreadable last line is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_bytes().split(b"\n")
+    for line in lines[:-1]:  # the part after the last newline is never a complete record
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+class RecordWriter:
+    """Appends one JSON line per sample; `keep` records of an earlier run are kept, the rest dropped."""
+
+    def __init__(self, path: Path, keep: int = 0) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = read_records(path)[:keep]
+        atomic_write_bytes(path, b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in kept))
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record, sort_keys=True) + "\n")
+        self.file.flush()
+
+    def sync(self) -> None:
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,80 @@
+"""Metrics from per-sample records, and the results table in the papers' layout (Markdown and CSV)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class SetMetrics:
+    samples: int
+    skipped: int
+    top1: float  # percent
+    top5: float
+    ece: float  # percent, 20 bins as C-TPT
+
+
+def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 20) -> float:
+    """ECE: sum over equal-width confidence bins of (bin share) x |accuracy - mean confidence|."""
+    total = len(confidences)
+    if total == 0:
+        return 0.0
+    ece = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        members = [i for i, c in enumerate(confidences) if lo < c <= hi or (b == 0 and c == 0)]
+        if members:
+            accuracy = sum(correct[i] for i in members) / len(members)
+            confidence = sum(confidences[i] for i in members) / len(members)
+            ece += len(members) / total * abs(accuracy - confidence)
+    return ece
+
+
+def metrics(records: list[dict[str, Any]]) -> SetMetrics:
+    scored = [r for r in records if "skipped" not in r]
+    n = len(scored)
+    top1 = sum(r["top5"][0][0] == r["label"] for r in scored)
+    top5 = sum(any(c == r["label"] for c, _ in r["top5"]) for r in scored)
+    ece = expected_calibration_error([r["top5"][0][1] for r in scored], [r["top5"][0][0] == r["label"] for r in scored])
+    pct = (lambda x: 100.0 * x / n) if n else (lambda x: 0.0)
+    return SetMetrics(n, len(records) - n, pct(top1), pct(top5), 100.0 * ece)
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def results_table(results: dict[str, dict[str, list[SetMetrics]]], sets: Sequence[str]) -> tuple[str, str]:
+    """results[method][set] = one SetMetrics per seed -> (Markdown, CSV): a row per method, a column per
+    set and the average top-1; mean ± std over seeds."""
+    header = ["method", *sets, "average"]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["method", "set", "seeds", "samples", "skipped", "top1", "top1_std", "top5", "ece"])
+    for method, per_set in results.items():
+        cells, seed_averages = [], []
+        n_seeds = max(len(v) for v in per_set.values())
+        for s in sets:
+            runs = per_set.get(s, [])
+            cells.append(mean_std([m.top1 for m in runs]) if runs else "-")
+            if runs:
+                top1 = [m.top1 for m in runs]
+                writer.writerow([method, s, len(runs), runs[0].samples, runs[0].skipped, f"{statistics.mean(top1):.4f}",
+                                 f"{statistics.stdev(top1):.4f}" if len(runs) > 1 else "",
+                                 f"{statistics.mean(m.top5 for m in runs):.4f}",
+                                 f"{statistics.mean(m.ece for m in runs):.4f}"])
+        for seed in range(n_seeds):
+            seed_sets = [per_set[s][seed].top1 for s in sets if len(per_set.get(s, [])) > seed]
+            if len(seed_sets) == len(sets):
+                seed_averages.append(statistics.mean(seed_sets))
+        cells.append(mean_std(seed_averages) if seed_averages else "-")
+        md.append("| " + " | ".join([method, *cells]) + " |")
+    return "\n".join(md) + "\n", out.getvalue()

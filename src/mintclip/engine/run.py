@@ -1,0 +1,213 @@
+"""The engine: stream each test set, make its views on the device, call the method, record every sample.
+
+Everything that can be wrong (weights, set ids, data layouts, hyper-parameters, an output folder that
+holds another run) is checked before the first image. Views depend on (seed, index) only, so every
+method sees the same views for a sample. Records are flushed one line at a time; online state is
+saved atomically every `save_every` samples, and `resume` continues a killed run so that its records
+equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..adapt.base import Method, autocast_for, build_method
+from ..adapt.prompts import encode_class_prompts
+from ..data import ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, stream_images
+from ..model import CLIP, load_clip
+from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
+from .report import metrics, results_table
+
+
+class RunError(ValueError):
+    """A run that cannot start as asked; one line saying why and what to do."""
+
+
+@dataclass
+class RunConfig:
+    data_root: str
+    test_sets: list[str]
+    method: str
+    weights: str
+    out: str
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "cpu"
+    workers: int = 4
+    hp: dict[str, Any] = field(default_factory=dict)  # method hyper-parameter overrides
+    act: str | None = None  # the checkpoint's activation, when it does not say
+    augmix: str = "auto"  # "auto": the method's choice, else the set's reference default; "on"; "off"
+    limit: int | None = None  # at most this many samples per set (quick looks)
+    save_every: int = 50  # samples between saves of online state
+    resume: bool = False
+    progress: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same run (resume must not change it)."""
+        d = dataclasses.asdict(self)
+        for key in ("resume", "progress", "workers", "device", "save_every"):
+            d.pop(key)
+        return d
+
+
+@dataclass
+class Prepared:
+    model: CLIP
+    method: Method
+    datasets: dict[str, ImageDataset]
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Every check that needs no image: weights, method, set ids, layouts, and the output folder."""
+    set_ids = [resolve_set_id(s) for s in config.test_sets]
+    config.test_sets = set_ids
+    try:
+        method = build_method(config.method, config.hp)
+    except (ValueError, TypeError) as e:
+        raise RunError(str(e)) from None
+    datasets = {s: open_dataset(config.data_root, s) for s in set_ids}
+    out = Path(config.out)
+    saved = out / "config.json"
+    if saved.is_file():
+        previous = json.loads(saved.read_text()).get("run")
+        if not config.resume:
+            raise RunError(f"{out}: holds a run already; pass --resume to continue it, or choose another --out")
+        if previous != config.identity():
+            raise RunError(f"{out}: holds a different run (its config.json differs); --resume needs the same "
+                           "settings")
+    elif config.resume and out.exists() and any(out.iterdir()):
+        raise RunError(f"{out}: --resume, but it has no config.json of a mintclip run")
+    model, _ = load_clip(config.weights, device=config.device, act=config.act)
+    return Prepared(model, method, datasets)
+
+
+def resolved_config(config: RunConfig, prepared: Prepared) -> dict[str, Any]:
+    method, model = prepared.method, prepared.model
+    return {
+        "run": config.identity(),
+        "method": {"name": method.name, "online": method.online, "source": method.source,
+                   "hyper_parameters": dataclasses.asdict(method.config)},
+        "model": {"architecture": model.config.arch_name, "act": model.config.act,
+                  "preprocess": dataclasses.asdict(model.config.preprocess), "sources": model.config.sources},
+        "datasets": {s: {"layout": ds.layout, "root": str(ds.root), "images": len(ds), "classes": len(ds.classnames),
+                         "augmix": augmix_for(config, method, ds), "notes": ds.notes}
+                     for s, ds in prepared.datasets.items()},
+    }
+
+
+def augmix_for(config: RunConfig, method: Method, dataset: ImageDataset) -> bool:
+    if config.augmix != "auto":
+        return config.augmix == "on"
+    chosen = method.augmix(dataset.set_id)
+    return dataset.augmix if chosen is None else chosen
+
+
+def stream_order(n: int, seed: int, limit: int | None) -> list[int]:
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[:limit] if limit is not None else order
+
+
+def run(config: RunConfig) -> dict[str, list]:
+    """Run every seed over every set; returns {set: [SetMetrics per seed]} and writes the summary."""
+    prepared = prepare(config)
+    out = Path(config.out)
+    atomic_write_json(out / "config.json", resolved_config(config, prepared))
+    results: dict[str, list] = {s: [] for s in config.test_sets}
+    for seed in config.seeds:
+        run_seed(config, prepared, seed, out / f"seed{seed}")
+        for set_id in config.test_sets:
+            results[set_id].append(metrics(read_records(out / f"seed{seed}" / set_id / "records.jsonl")))
+    markdown, table = results_table({prepared.method.name: results}, config.test_sets)
+    (out / "summary.md").write_text(f"Top-1 accuracy (%), {len(config.seeds)} seed(s)\n\n{markdown}")
+    (out / "summary.csv").write_text(table)
+    return results
+
+
+def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> None:
+    """One stream through the sets in order; an online method's state flows from set to set.
+
+    On resume an online method restarts from its last saved state: state saved between sets is loaded
+    before the next set's `setup` (as it was held then), state saved within a set after it."""
+    method = prepared.method
+    checkpoint_path = folder / "state.pt"
+    checkpoint = {"finished": [], "set": None, "position": 0, "state": {}}
+    if config.resume and checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    pending_state = method.online and config.resume and checkpoint_path.is_file()
+    for set_id in config.test_sets:
+        dataset = prepared.datasets[set_id]
+        records_path = folder / set_id / "records.jsonl"
+        order = stream_order(len(dataset), seed, config.limit)
+        start = 0
+        if config.resume and not method.online:
+            start = min(len(read_records(records_path)), len(order))
+        elif pending_state and set_id in checkpoint["finished"]:
+            continue
+        elif pending_state and checkpoint["set"] is None:
+            method.load_state_dict(checkpoint["state"])
+            pending_state = False
+        if start == len(order):
+            continue
+        method.setup(prepared.model, dataset.classnames, set_id)
+        if pending_state and checkpoint["set"] == set_id:
+            method.load_state_dict(checkpoint["state"])
+            start, pending_state = checkpoint["position"], False
+        finished = list(config.test_sets[: config.test_sets.index(set_id)])
+
+        def save_state(position: int, set_id: str = set_id, finished: list[str] = finished) -> None:
+            atomic_torch_save(checkpoint_path, {"finished": finished, "set": set_id, "position": position,
+                                                "state": method.state_dict()})
+
+        writer = RecordWriter(records_path, keep=start)
+        try:
+            run_set(config, prepared, dataset, order, start, seed, writer, save_state)
+        finally:
+            writer.close()
+        atomic_torch_save(checkpoint_path, {"finished": [*finished, set_id], "set": None, "position": 0,
+                                            "state": method.state_dict()})
+
+
+def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order: list[int], start: int, seed: int,
+            writer: RecordWriter, save_state) -> None:
+    model, method = prepared.model, prepared.method
+    device = model.device
+    preprocess = model.config.preprocess
+    maker = ViewMaker(n_views=method.views_per_image, size=preprocess.image_size, augmix=augmix_for(config, method, dataset),
+                      mean=preprocess.mean, std=preprocess.std, device=device)
+    zeroshot_text = encode_class_prompts(model, dataset.classnames, ["a photo of a {}."])
+    correct = scored = 0
+    bar = tqdm(total=len(order), initial=start, desc=f"{method.name} {dataset.set_id}", disable=not config.progress,
+               unit="img", dynamic_ncols=True)
+    for position, item in enumerate(stream_images(dataset, order[start:], config.workers,
+                                                  min_side_for(preprocess.image_size)), start=start):
+        if item.image is None:
+            writer.write({"index": item.index, "path": item.path, "label": item.label, "skipped": item.skip_reason})
+        else:
+            began = time.perf_counter()
+            views = maker(item.image.to(device), seed, item.index)
+            logits = method.predict(views).float()
+            with torch.no_grad(), autocast_for(device, method.config.precision):
+                view0 = F.normalize(model.encode_image(views[:1]).float(), dim=-1)
+            probs = logits.softmax(-1)
+            top = probs.topk(min(5, probs.shape[-1]))
+            record = {"index": item.index, "path": item.path, "label": item.label,
+                      "top5": [[int(c), round(float(p), 6)] for p, c in zip(top.values, top.indices)],
+                      "zeroshot": int((view0 @ zeroshot_text.T).argmax()), "seconds": round(time.perf_counter() - began, 4)}
+            writer.write(record)
+            scored += 1
+            correct += record["top5"][0][0] == item.label
+            bar.set_postfix(top1=f"{100 * correct / scored:.2f}")
+        bar.update()
+        if method.online and (position + 1) % config.save_every == 0:
+            writer.sync()
+            save_state(position + 1)
+    bar.close()
+    writer.sync()

@@ -1,0 +1,156 @@
+"""`mintclip run` end to end on a tiny model and tiny generated image trees: records, summary, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mintclip
+from mintclip.adapt import available_methods
+from mintclip.cli import main, seed_main
+from mintclip.engine.records import read_records
+from tests.conftest import tiny_clip
+from tests.data.test_catalog import make_coop_set
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def random_images(folder: Path, classes: list[str], per_class: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        for i in range(per_class):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    mintclip.save_clip(tiny_clip(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return random_images(tmp_path_factory.mktemp("data") / "tree", ["cat", "dog", "fox"], per_class=4)
+
+
+def run_args(root, checkpoint, out, method, *extra):
+    return ["run", str(root), "--test_sets", "folder", "--method", method, "--weights", str(checkpoint),
+            "--out", str(out), "--workers", "0", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("method", sorted(set(available_methods()) - {"online_toy"}))
+def test_every_method_runs_end_to_end(method, tree, checkpoint, tmp_path, capsys):
+    out = tmp_path / method
+    assert main(run_args(tree, checkpoint, out, method, "--limit", "3", "--hp", "precision=fp32")) == 0
+    records = read_records(out / "seed0" / "folder" / "records.jsonl")
+    assert len(records) == 3
+    for record in records:
+        assert {"index", "path", "label", "top5", "zeroshot", "seconds"} <= record.keys()
+        assert len(record["top5"]) == 3 and abs(sum(p for _, p in record["top5"]) - 1) < 1e-3
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"]["name"] == method and config["model"]["act"] == "quick_gelu"
+    assert config["datasets"]["folder"]["images"] == 12
+    assert f"| {method} |" in (out / "summary.md").read_text()
+    assert "top1" in (out / "summary.csv").read_text()
+    assert f"| {method} |" in capsys.readouterr().out
+
+
+def comparable(out: Path) -> dict:
+    """Everything a run wrote that must not depend on being interrupted (times excluded)."""
+    records = {str(p.relative_to(out)): [{k: v for k, v in r.items() if k != "seconds"} for r in read_records(p)]
+               for p in sorted(out.glob("seed*/*/records.jsonl"))}
+    return {"records": records, "summary": (out / "summary.csv").read_text()}
+
+
+def kill_part_way(args: list[str], records: Path, at_least: int, prelude: str = "") -> None:
+    code = f"{prelude}import sys; from mintclip.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if records.is_file() and records.read_bytes().count(b"\n") >= at_least:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, checkpoint):
+    data = random_images(tmp_path / "tree", ["cat", "dog"], per_class=12)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main(run_args(data, checkpoint, whole, "tpt", "--hp", "n_views=8")) == 0
+    args = run_args(data, checkpoint, killed, "tpt", "--hp", "n_views=8")
+    kill_part_way(args, killed / "seed0" / "folder" / "records.jsonl", at_least=5)
+    assert 5 <= len(read_records(killed / "seed0" / "folder" / "records.jsonl")) < 24
+    assert main([*args, "--resume"]) == 0
+    assert comparable(killed) == comparable(whole)
+
+
+def test_online_state_resumes_exactly_across_sets(tmp_path, checkpoint):
+    make_coop_set(tmp_path / "data" / "eurosat", ["Forest", "River"], "EuroSAT", "2750", per_class=8)
+    make_coop_set(tmp_path / "data" / "dtd", ["banded", "zigzagged"], "DescribableTextures", "images", per_class=8)
+    base = ["run", str(tmp_path / "data"), "--test_sets", "EuroSAT/DTD", "--method", "online_toy", "--weights",
+            str(checkpoint), "--workers", "0", "--no-progress", "--save-every", "3"]
+    prelude = "import tests.engine.online_toy as t; t.RunningMeanMethod.delay = 0.05; "
+    subprocess.run([sys.executable, "-c", f"{prelude}import sys; from mintclip.cli import main; "
+                    "sys.exit(main(sys.argv[1:]))", *base, "--out", str(tmp_path / "whole")], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    for stop_in, at_least in (("EuroSAT", 7), ("DTD", 5)):
+        out = tmp_path / f"killed_in_{stop_in}"
+        kill_part_way([*base, "--out", str(out)], out / "seed0" / stop_in / "records.jsonl", at_least, prelude)
+        subprocess.run([sys.executable, "-c", f"{prelude}import sys; from mintclip.cli import main; "
+                        "sys.exit(main(sys.argv[1:]))", *base, "--out", str(out), "--resume"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
+        assert comparable(out) == comparable(tmp_path / "whole"), stop_in
+
+
+def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
+    cases = [
+        (run_args(tree, checkpoint, tmp_path / "a", "tpt")[:3] + ["Q", *run_args(tree, checkpoint, tmp_path / "a", "tpt")[4:]],
+         "unknown set id 'Q'"),
+        (["run", str(tmp_path), "--test_sets", "A", "--method", "tpt", "--weights", str(checkpoint), "--out",
+          str(tmp_path / "b"), "--no-progress"], "no ImageNet-A here"),
+        (run_args(tree, tmp_path / "missing.pt", tmp_path / "c", "tpt"), "missing.pt: no such file"),
+        (run_args(tree, checkpoint, tmp_path / "d", "nosuch"), "unknown method 'nosuch'"),
+        (run_args(tree, checkpoint, tmp_path / "e", "tpt", "--hp", "lr=fast"), "could not convert"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not list(tmp_path.glob("*/seed0"))
+    out = tmp_path / "done"
+    assert main(run_args(tree, checkpoint, out, "zeroshot", "--limit", "2")) == 0
+    assert main(run_args(tree, checkpoint, out, "zeroshot", "--limit", "2")) == 2
+    assert "holds a run already" in capsys.readouterr().err
+    assert main(run_args(tree, checkpoint, out, "zeroshot", "--limit", "3", "--resume")) == 2
+    assert "holds a different run" in capsys.readouterr().err
+
+
+def test_seeds_give_mean_and_std(tree, checkpoint, tmp_path):
+    out = tmp_path / "seeds"
+    assert main(run_args(tree, checkpoint, out, "zeroshot", "--seeds", "0", "1")) == 0
+    assert "±" in (out / "summary.md").read_text()
+    orders = [[r["index"] for r in read_records(out / f"seed{s}" / "folder" / "records.jsonl")] for s in (0, 1)]
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(12)) and orders[0] != orders[1]
+
+
+def test_the_seed_repositorys_command_line(tree, checkpoint, tmp_path):
+    out = tmp_path / "seed_cli"
+    assert seed_main([str(tree), "--test_sets", "folder", "-a", "ViT-B/16", "--weights", str(checkpoint),
+                      "--resolution", "224", "-j", "0", "-b", "16", "--lr", "0.005", "--selection_p", "0.25",
+                      "--tta_steps", "1", "--n_ctx", "4", "--ctx_init", "a_photo_of_a", "--seed", "0", "-p", "10",
+                      "--out", str(out), "--limit", "2", "--no-progress"]) == 0
+    hp = json.loads((out / "config.json").read_text())["method"]["hyper_parameters"]
+    assert hp["ctx_init"] == "a photo of a" and hp["selection"] == 0.25 and hp["steps"] == 1
