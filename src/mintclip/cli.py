@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .data.catalog import SET_IDS, DatasetError, check_data
+from .engine import RunConfig, RunError, run
 from .model import CheckpointError, inspect_checkpoint
 
 
@@ -31,6 +33,59 @@ def _check_data(args: argparse.Namespace) -> int:
     return 0 if ready == len(report) or (not args.test_sets and ready) else 2
 
 
+def parse_hp(pairs: Sequence[str], config_file: str | None) -> dict[str, object]:
+    """Hyper-parameters from a YAML mapping, then `key=value` pairs on top."""
+    hp: dict[str, object] = {}
+    if config_file:
+        import yaml
+
+        loaded = yaml.safe_load(open(config_file, encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise RunError(f"{config_file}: expected a mapping of hyper-parameter names to values")
+        hp.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise RunError(f"--hp {pair!r}: expected key=value")
+        hp[key.strip()] = value.strip()
+    return hp
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="output folder (default: runs/<method>)")
+    parser.add_argument("--gpu", type=int, help="CUDA device index (default: CPU, or --device)")
+    parser.add_argument("--device", help="torch device, e.g. cuda:1 or cpu")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run in --out where it stopped")
+    parser.add_argument("--seeds", type=int, nargs="+", help="stream orders to run; the summary gives mean ± std")
+    parser.add_argument("--hp", nargs="+", default=[], metavar="KEY=VALUE", help="method hyper-parameters")
+    parser.add_argument("--config", help="YAML file of method hyper-parameters (--hp wins)")
+    parser.add_argument("--limit", type=int, help="at most this many samples per set")
+    parser.add_argument("--augmix", choices=("auto", "on", "off"), default="auto",
+                        help="AugMix views: auto = the method's choice, else the set's reference default")
+    parser.add_argument("--act", choices=("quick_gelu", "gelu"), help="activation, when the checkpoint does not say")
+    parser.add_argument("--save-every", type=int, default=50, help="samples between saves of online state")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets: str, hp: dict[str, object],
+                  seeds: list[int]) -> int:
+    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu")
+    config = RunConfig(data_root=args.root, test_sets=test_sets.split("/"), method=method, weights=weights,
+                       out=args.out or f"runs/{method}", seeds=seeds, device=device, workers=args.workers, hp=hp,
+                       act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
+                       resume=args.resume, progress=not args.no_progress)
+    run(config)
+    out = config.out
+    print(open(f"{out}/summary.md", encoding="utf-8").read())
+    print(f"wrote {out}/summary.md, {out}/summary.csv, {out}/config.json and per-sample records under {out}/seed*/")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_from_args(args, args.method, args.weights, args.test_sets, parse_hp(args.hp, args.config),
+                         args.seeds or [0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mintclip", description="Test-time adaptation of CLIP models.")
     parser.add_argument("--version", action="version", version=f"mintclip {__version__}")
@@ -48,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--test_sets", "--test-sets", help="sets separated by '/', e.g. A/V/R/K/I/Flower102 "
                                                            f"(default: all of {'/'.join(SET_IDS)})")
     check.set_defaults(handler=_check_data)
+    run_parser = commands.add_parser("run", help="test-time adaptation on benchmark sets, with records and a summary",
+                                     description="Run a method over test sets; writes per-sample records, a "
+                                                 "summary table (Markdown, CSV) and the resolved config.")
+    run_parser.add_argument("root", help="the data root")
+    run_parser.add_argument("--test_sets", "--test-sets", required=True, help="sets separated by '/', e.g. A/V/R/K")
+    run_parser.add_argument("--method", required=True, help="zeroshot, ensemble, tpt, ctpt, zero, mta")
+    run_parser.add_argument("--weights", required=True, help="CLIP checkpoint (OpenAI .pt, open_clip, HF directory)")
+    run_parser.add_argument("--workers", type=int, default=4, help="image decoding processes")
+    add_run_options(run_parser)
+    run_parser.set_defaults(handler=_run)
     return parser
 
 
@@ -55,10 +120,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (CheckpointError, DatasetError) as e:
+    except (CheckpointError, DatasetError, RunError) as e:
         print(f"mintclip: error: {e}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+SEED_TO_HP = {"lr": "lr", "selection_p": "selection", "tta_steps": "steps", "n_ctx": "n_ctx", "ctx_init": "ctx_init",
+              "load": "coop", "batch_size": "n_views"}  # the seed's argument -> mintclip's hyper-parameter
+
+
+def seed_main(argv: Sequence[str] | None = None) -> int:
+    """`python main.py DATA --test_sets A/V/R/K --gpu 0`: the TPT/MINT argument names, on mintclip's engine."""
+    from pathlib import Path
+
+    from .adapt import available_methods
+
+    parser = argparse.ArgumentParser(prog="main.py", description="The TPT / MINT command line on mintclip.")
+    parser.add_argument("root", metavar="data", help="the data root")
+    parser.add_argument("--test_sets", default="A/R/V/K/I")
+    parser.add_argument("-a", "--arch", default="ViT-B/16", help="names the default checkpoint ~/.cache/clip/<arch>.pt")
+    parser.add_argument("--weights", help="the checkpoint (overrides --arch)")
+    parser.add_argument("--method", default="tpt")
+    parser.add_argument("--resolution", type=int, default=224, help="accepted; the checkpoint's resolution is used")
+    parser.add_argument("-j", "--workers", type=int, default=4)
+    parser.add_argument("-b", "--batch_size", type=int, help="views per image (64)")
+    parser.add_argument("--lr", "--learning-rate", type=float)
+    parser.add_argument("--selection_p", type=float)
+    parser.add_argument("--tta_steps", type=int)
+    parser.add_argument("--n_ctx", type=int)
+    parser.add_argument("--ctx_init", help="e.g. a_photo_of_a")
+    parser.add_argument("--load", help="CoOp context checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-p", "--print-freq", type=int, default=200, help="accepted; progress bars report instead")
+    add_run_options(parser)
+    args = parser.parse_args(argv)
+    methods = available_methods()
+    if args.method not in methods:
+        parser.error(f"unknown --method {args.method!r}; available: {', '.join(sorted(methods))}")
+    known = {f.name for f in dataclasses.fields(methods[args.method].Config)}
+    hp = parse_hp(args.hp, args.config)
+    for seed_name, name in SEED_TO_HP.items():
+        value = getattr(args, seed_name)
+        if value is not None and name in known:
+            hp.setdefault(name, value.replace("_", " ") if seed_name == "ctx_init" else value)
+    weights = args.weights or str(Path("~/.cache/clip").expanduser() / f"{args.arch.replace('/', '-').replace('@', '-')}.pt")
+    try:
+        return run_from_args(args, args.method, weights, args.test_sets, hp, args.seeds or [args.seed])
+    except (CheckpointError, DatasetError, RunError) as e:
+        print(f"main.py: error: {e}", file=sys.stderr)
+        return 2

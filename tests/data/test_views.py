@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
 from mintclip.constants import OPENAI_MEAN, OPENAI_STD
 from mintclip.data.reference_views import pil_augmix, pil_augmix_op

@@ -1,0 +1,14 @@
+"""The seed repositories' command line (TPT / MINT `main.py`), on mintclip's engine.
+
+    python main.py DATA_ROOT --test_sets A/V/R/K --gpu 0 [-a ViT-B/16] [--tta_steps 1] [--lr 5e-3] ...
+
+Without --weights, the checkpoint is looked for where OpenAI's `clip` package keeps its downloads
+(~/.cache/clip/ViT-B-16.pt for -a ViT-B/16); nothing is downloaded.
+"""
+
+import sys
+
+from mintclip.cli import seed_main
+
+if __name__ == "__main__":
+    sys.exit(seed_main())
