@@ -78,3 +78,12 @@ def results_table(results: dict[str, dict[str, list[SetMetrics]]], sets: Sequenc
         cells.append(mean_std(seed_averages) if seed_averages else "-")
         md.append("| " + " | ".join([method, *cells]) + " |")
     return "\n".join(md) + "\n", out.getvalue()
+
+
+def details_table(method: str, per_set: dict[str, list[SetMetrics]]) -> str:
+    """Markdown: per set, samples scored, images skipped, top-1, top-5 and ECE (mean ± std over seeds)."""
+    lines = [f"| {method} | samples | skipped | top-1 | top-5 | ECE |", "|---|---|---|---|---|---|"]
+    for set_id, runs in per_set.items():
+        lines.append(f"| {set_id} | {runs[0].samples} | {runs[0].skipped} | {mean_std([m.top1 for m in runs])} | "
+                     f"{mean_std([m.top5 for m in runs])} | {mean_std([m.ece for m in runs])} |")
+    return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ from ..adapt.prompts import encode_class_prompts
 from ..data import ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, stream_images
 from ..model import CLIP, load_clip
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
-from .report import metrics, results_table
+from .report import details_table, metrics, results_table
 
 
 class RunError(ValueError):
@@ -126,7 +126,9 @@ def run(config: RunConfig) -> dict[str, list]:
         for set_id in config.test_sets:
             results[set_id].append(metrics(read_records(out / f"seed{seed}" / set_id / "records.jsonl")))
     markdown, table = results_table({prepared.method.name: results}, config.test_sets)
-    (out / "summary.md").write_text(f"Top-1 accuracy (%), {len(config.seeds)} seed(s)\n\n{markdown}")
+    details = details_table(prepared.method.name, results)
+    (out / "summary.md").write_text(f"Top-1 accuracy (%), {len(config.seeds)} seed(s)\n\n{markdown}\n"
+                                    f"Per set (%; ECE with 20 bins)\n\n{details}")
     (out / "summary.csv").write_text(table)
     return results
 
