@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..model import CLIP
 
-METHOD_MODULES = ("zeroshot", "tpt", "ctpt", "zero", "mta")  # mintclip.adapt.<module>, each registers itself
+METHOD_MODULES = ("zeroshot", "tpt", "ctpt", "zero", "mta", "mint")  # mintclip.adapt.<module>, each registers itself
 _REGISTRY: dict[str, type[Method]] = {}
 
 
@@ -58,6 +58,15 @@ class Method(ABC):
     @abstractmethod
     def predict(self, views: Tensor) -> Tensor:
         """views (V, 3, H, W) on the model's device, view 0 the original -> fp32 logits (C,)."""
+
+    def notes(self) -> list[str]:
+        """Lines for the run's summary: choices a reader of the results must know (e.g. the prompt's start)."""
+        return []
+
+    def diagnostics(self) -> dict[str, Any]:
+        """At the end of a set: {"numbers": {...}, "bars": {name: 1-D tensor}, "tensors": {name: tensor}},
+        which the engine saves beside the records (JSON, PNG bar charts, safetensors)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Online state (bank, buffer, cache) for resume; empty for episodic methods."""

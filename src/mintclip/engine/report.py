@@ -7,7 +7,11 @@ import io
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import torch
+from PIL import Image, ImageDraw
 
 
 @dataclass
@@ -87,3 +91,23 @@ def details_table(method: str, per_set: dict[str, list[SetMetrics]]) -> str:
         lines.append(f"| {set_id} | {runs[0].samples} | {runs[0].skipped} | {mean_std([m.top1 for m in runs])} | "
                      f"{mean_std([m.top5 for m in runs])} | {mean_std([m.ece for m in runs])} |")
     return "\n".join(lines) + "\n"
+
+
+def bar_chart_png(values: torch.Tensor, path: Path, title: str, width: int = 800, height: int = 320) -> None:
+    """A plain bar chart of a 1-D tensor, drawn with Pillow (no plotting dependency)."""
+    values = values.detach().float().cpu()
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, top, bottom = 50, 30, height - 30
+    peak = float(values.max()) if len(values) and float(values.max()) > 0 else 1.0
+    step = (width - left - 10) / max(len(values), 1)
+    for i, v in enumerate(values.tolist()):
+        x = left + i * step
+        draw.rectangle([x, bottom - (bottom - top) * v / peak, x + max(step - 1, 1), bottom], fill=(60, 110, 180))
+    draw.line([left, bottom, width - 10, bottom], fill="black")
+    draw.line([left, top, left, bottom], fill="black")
+    draw.text((left, 8), title, fill="black")
+    draw.text((5, top), f"{peak:g}", fill="black")
+    draw.text((5, bottom - 10), "0", fill="black")
+    draw.text((left, bottom + 8), f"{len(values)} entries", fill="black")
+    image.save(path)

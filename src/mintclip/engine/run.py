@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from ..adapt.base import Method, autocast_for, build_method
@@ -25,7 +26,7 @@ from ..adapt.prompts import encode_class_prompts
 from ..data import ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, stream_images
 from ..model import CLIP, load_clip
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
-from .report import details_table, metrics, results_table
+from .report import bar_chart_png, details_table, metrics, results_table
 
 
 class RunError(ValueError):
@@ -94,7 +95,7 @@ def resolved_config(config: RunConfig, prepared: Prepared) -> dict[str, Any]:
     return {
         "run": config.identity(),
         "method": {"name": method.name, "online": method.online, "source": method.source,
-                   "hyper_parameters": dataclasses.asdict(method.config)},
+                   "hyper_parameters": dataclasses.asdict(method.config), "notes": method.notes()},
         "model": {"architecture": model.config.arch_name, "act": model.config.act,
                   "preprocess": dataclasses.asdict(model.config.preprocess), "sources": model.config.sources},
         "datasets": {s: {"layout": ds.layout, "root": str(ds.root), "images": len(ds), "classes": len(ds.classnames),
@@ -127,8 +128,9 @@ def run(config: RunConfig) -> dict[str, list]:
             results[set_id].append(metrics(read_records(out / f"seed{seed}" / set_id / "records.jsonl")))
     markdown, table = results_table({prepared.method.name: results}, config.test_sets)
     details = details_table(prepared.method.name, results)
+    notes = "".join(f"- {note}\n" for note in prepared.method.notes())
     (out / "summary.md").write_text(f"Top-1 accuracy (%), {len(config.seeds)} seed(s)\n\n{markdown}\n"
-                                    f"Per set (%; ECE with 20 bins)\n\n{details}")
+                                    f"Per set (%; ECE with 20 bins)\n\n{details}" + (f"\n{notes}" if notes else ""))
     (out / "summary.csv").write_text(table)
     return results
 
@@ -175,6 +177,17 @@ def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> 
             writer.close()
         atomic_torch_save(checkpoint_path, {"finished": [*finished, set_id], "set": None, "position": 0,
                                             "state": method.state_dict()})
+        save_diagnostics(method.diagnostics(), folder / set_id, f"{method.name} {set_id}")
+
+
+def save_diagnostics(diagnostics: dict[str, Any], folder: Path, title: str) -> None:
+    """A method's end-of-set diagnostics: numbers as JSON, bars as PNG, tensors as safetensors."""
+    if diagnostics.get("numbers"):
+        atomic_write_json(folder / "diagnostics.json", diagnostics["numbers"])
+    for name, values in diagnostics.get("bars", {}).items():
+        bar_chart_png(values, folder / f"{name}.png", f"{title}: {name}")
+    if diagnostics.get("tensors"):
+        save_file(diagnostics["tensors"], str(folder / "memory.safetensors"))
 
 
 def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order: list[int], start: int, seed: int,

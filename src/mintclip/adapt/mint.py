@@ -1,0 +1,226 @@
+"""MINT: Memory-Infused Prompt Tuning at test time (arXiv 2506.03190), official code `Jamieyi2004/MINT@b02acc7`
+(models/mint.py, models/tta.py, main.py, utils/args.py; methods.md §2).
+
+Per test image: a prompt-free pass gives the residual-stream CLS after blocks 3, 7, 11 (the queries);
+each query retrieves its top-2 entries of the Memory Prompt Bank; the 6 values, averaged, form the
+associative prompt, whose token 0 is an extra key and token 1 an extra value at block 0. Text context
+(reset every image) and bank (kept across the stream: the memory) are trained together by AdamW for 3
+steps on `marginal entropy of the 6 most confident views - 0.2 * mean_views sum_6 distances`. The
+prediction classifies view 0 with the tuned context and a fresh retrieval without warm-up re-weighting.
+
+Exact fast path (`fast=True`; issue "MINT" item 7), none of which changes a number:
+* the queries come from the frozen encoder without prompts, so the query pass runs once per image
+  (the code repeats it every forward) and view 0's queries serve the prediction;
+* at step 1 a no-grad prompted pass over all views ranks them; gradients then flow only through the
+  selected views' prompted pass, since only they enter the entropy. Retrieval, the counters and the key
+  term still cover every view at every step, as in the code.
+`fast=False` runs the code's order (every view with gradients, the query pass every forward): the
+oracle of the tests and the yardstick of the benchmark.
+Precision: the code runs fp16 autocast with GradScaler(1000); here bf16 autocast on GPU (fp32 on CPU)
+with fp32 distances, logits and entropy, and no scaler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..model import CLIP
+from .base import Method, MethodConfig, register
+from .losses import marginal_entropy, select_confident_views
+from .memory import MemoryPromptBank
+from .prompts import TextPromptLearner, load_coop_context
+
+
+@dataclasses.dataclass
+class MINTConfig(MethodConfig):
+    n_ctx: int = 4  # utils/args.py --n_ctx
+    # main.py --load ./models/coop.pth (the official default: a CoOp context); without --coop, "a photo of a"
+    ctx_init: str | None = "a photo of a"
+    coop: str | None = None
+    lr: float = 5e-3  # utils/args.py --lr; torch.optim.AdamW(params, lr): weight decay 0.01
+    weight_decay: float = 0.01
+    steps: int = 3  # utils/args.py --tta_steps 3
+    selection: float = 0.1  # --selection_p: 6 of 64 views
+    n_views: int = 64  # -b 64
+    bank_size: int = 512  # MINT.__init__ bank_size
+    prompt_length: int = 2  # prompt_num: 1 key token + 1 value token
+    top_k: int = 2  # topN, per query layer
+    query_layers: str = "3,7,11"  # CLS after these blocks (0-indexed) of the prompt-free pass
+    inject_layers: str = "0"  # layer_e = [0]
+    per_layer_keys: bool = False  # the code: one key set (group 0) for all query layers
+    key_loss_weight: float = 0.2  # tta.py: - 0.2 * mean(sum(distance))
+    key_loss_sign: float = -1.0  # the code's minus pushes keys away from their queries; +1 pulls (L2P)
+    warmup: bool = True  # MINT.similarity's frequency re-weighting while total count <= N * views
+    memory: str = "bank"  # ablations: "static" (one learned visual prompt, no retrieval), "none" (text only)
+    reset_memory: str = "never"  # the code keeps bank and counters across the sets of a run; or "per-set"
+    bank_seed: int = 0
+    fast: bool = True
+
+
+def _layers(spec: str) -> list[int]:
+    return [int(x) for x in str(spec).replace("/", ",").split(",") if x.strip()]
+
+
+@register
+class MINT(Method):
+    name = "mint"
+    online = True
+    n_views = 64
+    Config = MINTConfig
+    source = "Jamieyi2004/MINT@b02acc7 models/mint.py, models/mpb.py, models/tta.py, main.py, utils/args.py"
+    config: MINTConfig
+
+    def __init__(self, config: MINTConfig | None = None) -> None:
+        super().__init__(config)
+        self.bank: MemoryPromptBank | None = None
+        self.query_layers, self.inject_layers = _layers(self.config.query_layers), _layers(self.config.inject_layers)
+        if self.config.memory not in ("bank", "static", "none"):
+            raise ValueError(f"memory={self.config.memory!r}: use bank, static or none")
+        if self.config.reset_memory not in ("never", "per-set"):
+            raise ValueError(f"reset_memory={self.config.reset_memory!r}: use never or per-set")
+        if self.config.prompt_length % 2:
+            raise ValueError("prompt_length must be even: half the tokens are keys, half values")
+
+    def notes(self) -> list[str]:
+        cfg = self.config
+        start = f"CoOp context from {cfg.coop}" if cfg.coop else (
+            f"context '{cfg.ctx_init}' (the official default is a CoOp context: pass coop=PATH)")
+        return [f"text: {start}", f"memory: {cfg.memory}, reset {cfg.reset_memory}, loss sign {cfg.key_loss_sign:+g}"]
+
+    # -- state --------------------------------------------------------------------------------------
+
+    def _new_bank(self, width: int, device: torch.device) -> MemoryPromptBank:
+        cfg = self.config
+        size = 1 if cfg.memory == "static" else cfg.bank_size
+        key_sets = len(self.query_layers) if cfg.per_layer_keys else 1
+        return MemoryPromptBank(size, cfg.prompt_length, width, key_sets, len(self.inject_layers), cfg.bank_seed, device)
+
+    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
+        cfg = self.config
+        if model.config.vision.kind != "vit":
+            raise ValueError("MINT prompts a vision transformer; this checkpoint has a ResNet image tower")
+        blocks = len(model.visual.blocks)
+        if max(self.query_layers + self.inject_layers) >= blocks:
+            raise ValueError(f"query_layers {self.query_layers} / inject_layers {self.inject_layers} need blocks the "
+                             f"{blocks}-block vision transformer lacks; set them (e.g. --hp query_layers=0,1,2)")
+        self.model = model
+        ctx_init = None if str(cfg.ctx_init).strip().lower() in ("", "none") else cfg.ctx_init.replace("_", " ")
+        self.learner = TextPromptLearner(model, classnames, cfg.n_ctx, ctx_init,
+                                         load_coop_context(cfg.coop) if cfg.coop else None)
+        if self.bank is None or cfg.reset_memory == "per-set":
+            self.bank = self._new_bank(model.config.vision.width, model.device)
+        self.bank.to(model.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.bank is None else {k: v.detach().cpu().clone() for k, v in self.bank.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        keys, values = state["keys"], state["values"]
+        self.bank = MemoryPromptBank(keys.shape[1], values.shape[2], keys.shape[2], keys.shape[0], values.shape[0])
+        self.bank.load_state_dict(state)
+        if self.model is not None:
+            self.bank.to(self.model.device)
+
+    # -- the forward pieces --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def queries(self, views: Tensor) -> Tensor:
+        """(V, Q, W) residual-stream CLS after the query layers, from the prompt-free pass."""
+        with self.autocast():
+            return self.model.visual.cls_taps(views, self.query_layers).float()
+
+    def retrieve(self, queries: Tensor, tuning: bool) -> tuple[Tensor, Tensor]:
+        """Indices (V, M) and distances (V, M) of the retrieved entries; counted as the code counts them."""
+        if self.config.memory != "bank":  # static: the single entry; none: no visual prompt at all
+            index = torch.zeros(queries.shape[0], 1, dtype=torch.long, device=queries.device)
+            return index, torch.zeros(index.shape, device=queries.device)
+        index, distance = self.bank.retrieve(queries, self.config.top_k, reweight=tuning and self.config.warmup)
+        self.bank.count(index, tuning)
+        return index, distance
+
+    def image_features(self, views: Tensor, index: Tensor) -> Tensor:
+        """(V, D) normalised features of the views prompted with their associative prompts."""
+        kv_prompts = None
+        if self.config.memory != "none":
+            half = self.config.prompt_length // 2
+            kv_prompts = {}
+            for value_set, layer in enumerate(self.inject_layers):
+                prompt = self.bank.assemble(index, value_set)  # (V, L, W)
+                kv_prompts[layer] = (prompt[:, :half], prompt[:, half:])
+        with self.autocast():
+            features = self.model.visual(views, kv_prompts=kv_prompts)
+        return torch.nn.functional.normalize(features.float(), dim=-1)
+
+    def text_features(self) -> Tensor:
+        with self.autocast():
+            return self.learner()
+
+    def logits(self, image: Tensor, text: Tensor) -> Tensor:
+        return self.model.logit_scale.detach().float().exp() * image @ text.float().T
+
+    def loss(self, logits: Tensor, distance: Tensor) -> Tensor:
+        key_term = distance.sum(dim=1).mean()
+        return marginal_entropy(logits) + self.config.key_loss_sign * self.config.key_loss_weight * key_term
+
+    # -- one test image --------------------------------------------------------------------------------
+
+    def adapt(self, views: Tensor) -> Tensor:
+        """Reset the text context and AdamW, then `steps` steps; returns the step-1 selected views."""
+        cfg = self.config
+        self.learner.reset()
+        params = [self.learner.ctx] + ([] if cfg.memory == "none" else [self.bank.keys, self.bank.values])
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        queries = self.queries(views) if cfg.fast else None
+        selected = None
+        with torch.enable_grad():
+            for _ in range(cfg.steps):
+                step_queries = queries if cfg.fast else self.queries(views)
+                index, distance = self.retrieve(step_queries, tuning=True)
+                text = self.text_features()
+                if not cfg.fast:
+                    logits = self.logits(self.image_features(views, index), text)
+                    selected = select_confident_views(logits.detach(), cfg.selection) if selected is None else selected
+                    logits = logits[selected]
+                else:
+                    if selected is None:
+                        with torch.no_grad():
+                            ranking = self.logits(self.image_features(views, index), text)
+                        selected = select_confident_views(ranking, cfg.selection)
+                    logits = self.logits(self.image_features(views[selected], index[selected]), text)
+                loss = self.loss(logits, distance)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        self._queries = queries
+        return selected
+
+    def predict(self, views: Tensor) -> Tensor:
+        self.adapt(views)
+        with torch.no_grad():
+            queries = self._queries[:1] if self.config.fast else self.queries(views[:1])
+            index, _ = self.retrieve(queries, tuning=False)
+            logits = self.logits(self.image_features(views[:1], index), self.text_features())[0]
+        self.learner.reset()
+        return logits
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Usage and spread of the bank: entries ever retrieved, the usage histogram, pairwise key cosines."""
+        if self.bank is None or self.config.memory != "bank":
+            return {}
+        counts = (self.bank.train_counts + self.bank.test_counts).cpu()
+        keys = torch.nn.functional.normalize(self.bank.keys.detach().float()[0], dim=-1).cpu()
+        cosine = keys @ keys.T
+        off_diagonal = cosine[~torch.eye(len(keys), dtype=torch.bool)]
+        return {
+            "numbers": {"entries_retrieved": int((counts > 0).sum()), "bank_size": len(counts),
+                        "selections": int(counts.sum()), "key_cosine_mean": float(off_diagonal.mean()),
+                        "key_cosine_std": float(off_diagonal.std()), "key_cosine_max": float(off_diagonal.max())},
+            "bars": {"usage": counts.sort(descending=True).values},
+            "tensors": {k: v.detach().cpu().contiguous() for k, v in self.bank.state_dict().items()},
+        }
