@@ -48,10 +48,14 @@ def run_args(root, checkpoint, out, method, *extra):
             "--out", str(out), "--workers", "0", "--no-progress", *extra]
 
 
+TINY_MODEL_HP = {"mint": ["query_layers=0,1,2", "bank_size=16"]}  # the tiny ViT has 3 blocks
+
+
 @pytest.mark.parametrize("method", sorted(set(available_methods()) - {"online_toy"}))
 def test_every_method_runs_end_to_end(method, tree, checkpoint, tmp_path, capsys):
     out = tmp_path / method
-    assert main(run_args(tree, checkpoint, out, method, "--limit", "3", "--hp", "precision=fp32")) == 0
+    hp = ["precision=fp32", *TINY_MODEL_HP.get(method, [])]
+    assert main(run_args(tree, checkpoint, out, method, "--limit", "3", "--hp", *hp)) == 0
     records = read_records(out / "seed0" / "folder" / "records.jsonl")
     assert len(records) == 3
     for record in records:
@@ -124,6 +128,7 @@ def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
         (run_args(tree, tmp_path / "missing.pt", tmp_path / "c", "tpt"), "missing.pt: no such file"),
         (run_args(tree, checkpoint, tmp_path / "d", "nosuch"), "unknown method 'nosuch'"),
         (run_args(tree, checkpoint, tmp_path / "e", "tpt", "--hp", "lr=fast"), "could not convert"),
+        (run_args(tree, checkpoint, tmp_path / "f", "mint"), "need blocks that this 3-block ViT lacks"),
     ]
     for args, message in cases:
         assert main(args) == 2

@@ -51,6 +51,9 @@ class Method(ABC):
         """AugMix views for this set, or None for the dataset's reference default."""
         return None
 
+    def check(self, model: CLIP) -> None:
+        """Raise ValueError if this method cannot run on `model` (called before any image is read)."""
+
     @abstractmethod
     def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
         """Once per set: build the text side for these classes."""

@@ -99,14 +99,17 @@ class MINT(Method):
         key_sets = len(self.query_layers) if cfg.per_layer_keys else 1
         return MemoryPromptBank(size, cfg.prompt_length, width, key_sets, len(self.inject_layers), cfg.bank_seed, device)
 
-    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
-        cfg = self.config
+    def check(self, model: CLIP) -> None:
         if model.config.vision.kind != "vit":
             raise ValueError("MINT prompts a vision transformer; this checkpoint has a ResNet image tower")
         blocks = len(model.visual.blocks)
         if max(self.query_layers + self.inject_layers) >= blocks:
-            raise ValueError(f"query_layers {self.query_layers} / inject_layers {self.inject_layers} need blocks the "
-                             f"{blocks}-block vision transformer lacks; set them (e.g. --hp query_layers=0,1,2)")
+            raise ValueError(f"MINT's query_layers {self.query_layers} / inject_layers {self.inject_layers} need "
+                             f"blocks that this {blocks}-block ViT lacks; set them, e.g. --hp query_layers=0,1,2")
+
+    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
+        cfg = self.config
+        self.check(model)
         self.model = model
         ctx_init = None if str(cfg.ctx_init).strip().lower() in ("", "none") else cfg.ctx_init.replace("_", " ")
         self.learner = TextPromptLearner(model, classnames, cfg.n_ctx, ctx_init,

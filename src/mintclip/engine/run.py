@@ -87,6 +87,10 @@ def prepare(config: RunConfig) -> Prepared:
     elif config.resume and out.exists() and any(out.iterdir()):
         raise RunError(f"{out}: --resume, but it has no config.json of a mintclip run")
     model, _ = load_clip(config.weights, device=config.device, act=config.act)
+    try:
+        method.check(model)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     return Prepared(model, method, datasets)
 
 
