@@ -65,11 +65,16 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--act", choices=("quick_gelu", "gelu"), help="activation, when the checkpoint does not say")
     parser.add_argument("--save-every", type=int, default=50, help="samples between saves of online state")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--coop", help="CoOp context checkpoint that starts the text prompt (tpt, ctpt, mint)")
+    parser.add_argument("--reset-memory", choices=("never", "per-set"), help="mint: reset the bank at each set")
 
 
 def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets: str, hp: dict[str, object],
                   seeds: list[int]) -> int:
     device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu")
+    for flag, name in ((args.coop, "coop"), (args.reset_memory, "reset_memory")):
+        if flag is not None:
+            hp.setdefault(name, flag)
     config = RunConfig(data_root=args.root, test_sets=test_sets.split("/"), method=method, weights=weights,
                        out=args.out or f"runs/{method}", seeds=seeds, device=device, workers=args.workers, hp=hp,
                        act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
@@ -108,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "summary table (Markdown, CSV) and the resolved config.")
     run_parser.add_argument("root", help="the data root")
     run_parser.add_argument("--test_sets", "--test-sets", required=True, help="sets separated by '/', e.g. A/V/R/K")
-    run_parser.add_argument("--method", required=True, help="zeroshot, ensemble, tpt, ctpt, zero, mta")
+    run_parser.add_argument("--method", required=True, help="zeroshot, ensemble, tpt, ctpt, zero, mta, mint")
     run_parser.add_argument("--weights", required=True, help="CLIP checkpoint (OpenAI .pt, open_clip, HF directory)")
     run_parser.add_argument("--workers", type=int, default=4, help="image decoding processes")
     add_run_options(run_parser)
@@ -144,7 +149,7 @@ def seed_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--test_sets", default="A/R/V/K/I")
     parser.add_argument("-a", "--arch", default="ViT-B/16", help="names the default checkpoint ~/.cache/clip/<arch>.pt")
     parser.add_argument("--weights", help="the checkpoint (overrides --arch)")
-    parser.add_argument("--method", default="tpt")
+    parser.add_argument("--method", default="mint", help="the seed's method, MINT, by default")
     parser.add_argument("--resolution", type=int, default=224, help="accepted; the checkpoint's resolution is used")
     parser.add_argument("-j", "--workers", type=int, default=4)
     parser.add_argument("-b", "--batch_size", type=int, help="views per image (64)")

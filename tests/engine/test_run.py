@@ -156,6 +156,20 @@ def test_the_seed_repositorys_command_line(tree, checkpoint, tmp_path):
     assert seed_main([str(tree), "--test_sets", "folder", "-a", "ViT-B/16", "--weights", str(checkpoint),
                       "--resolution", "224", "-j", "0", "-b", "16", "--lr", "0.005", "--selection_p", "0.25",
                       "--tta_steps", "1", "--n_ctx", "4", "--ctx_init", "a_photo_of_a", "--seed", "0", "-p", "10",
-                      "--out", str(out), "--limit", "2", "--no-progress"]) == 0
+                      "--out", str(out), "--limit", "2", "--no-progress", "--method", "tpt"]) == 0
     hp = json.loads((out / "config.json").read_text())["method"]["hyper_parameters"]
     assert hp["ctx_init"] == "a photo of a" and hp["selection"] == 0.25 and hp["steps"] == 1
+
+
+def test_the_seed_command_line_runs_mint_by_default(tree, checkpoint, tmp_path):
+    out = tmp_path / "seed_mint"
+    coop = tmp_path / "coop.pth"
+    import torch
+    torch.save({"state_dict": {"ctx": torch.randn(4, 64)}}, coop)
+    assert seed_main([str(tree), "--test_sets", "folder", "--weights", str(checkpoint), "--load", str(coop), "-b", "8",
+                      "--out", str(out), "--limit", "2", "--no-progress", "-j", "0",
+                      "--hp", "query_layers=0,1,2", "bank_size=16"]) == 0
+    config = json.loads((out / "config.json").read_text())["method"]
+    assert config["name"] == "mint" and config["hyper_parameters"]["coop"] == str(coop)
+    assert f"CoOp context from {coop}" in (out / "summary.md").read_text()
+    assert (out / "seed0" / "folder" / "usage.png").is_file() and (out / "seed0" / "folder" / "memory.safetensors").is_file()
