@@ -91,6 +91,19 @@ def _run(args: argparse.Namespace) -> int:
                          args.seeds or [0])
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .engine.report import report_runs
+
+    try:
+        print(report_runs([Path(p) for p in args.runs], Path(args.out), args.block))
+    except FileNotFoundError as e:
+        raise RunError(str(e)) from None
+    print(f"wrote {args.out}/summary.md, {args.out}/summary.csv and {args.out}/stream_<set>.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mintclip", description="Test-time adaptation of CLIP models.")
     parser.add_argument("--version", action="version", version=f"mintclip {__version__}")
@@ -118,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--workers", type=int, default=4, help="image decoding processes")
     add_run_options(run_parser)
     run_parser.set_defaults(handler=_run)
+    report = commands.add_parser("report", help="one table and stream plots over several run folders",
+                                 description="Combine run folders into the papers' table (a row per run) and "
+                                             "plot top-1 along the stream per set.")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", default="report", help="output folder (default: report)")
+    report.add_argument("--block", type=int, default=200, help="images per point of the stream plots")
+    report.set_defaults(handler=_report)
     return parser
 
 

@@ -173,3 +173,20 @@ def test_the_seed_command_line_runs_mint_by_default(tree, checkpoint, tmp_path):
     assert config["name"] == "mint" and config["hyper_parameters"]["coop"] == str(coop)
     assert f"CoOp context from {coop}" in (out / "summary.md").read_text()
     assert (out / "seed0" / "folder" / "usage.png").is_file() and (out / "seed0" / "folder" / "memory.safetensors").is_file()
+
+
+def test_report_combines_runs_and_plots_the_stream(tree, checkpoint, tmp_path, capsys):
+    from mintclip.engine.report import stream_accuracy
+
+    for method in ("zeroshot", "mta"):
+        assert main(run_args(tree, checkpoint, tmp_path / method, method)) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "zeroshot"), str(tmp_path / "mta"), "--out", str(tmp_path / "rep"),
+                 "--block", "5"]) == 0
+    table = (tmp_path / "rep" / "summary.md").read_text()
+    assert "| zeroshot |" in table and "| mta |" in table
+    assert (tmp_path / "rep" / "stream_folder.png").is_file()
+    records = [{"label": 0, "top5": [[0, 0.9]]}] * 3 + [{"label": 1, "top5": [[0, 0.9]]}] * 2 + [{"skipped": "x"}]
+    assert stream_accuracy(records, block=2) == [100.0, 50.0, 0.0]
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep2")]) == 2
+    assert "not a mintclip run folder" in capsys.readouterr().err

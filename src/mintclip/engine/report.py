@@ -111,3 +111,76 @@ def bar_chart_png(values: torch.Tensor, path: Path, title: str, width: int = 800
     draw.text((5, bottom - 10), "0", fill="black")
     draw.text((left, bottom + 8), f"{len(values)} entries", fill="black")
     image.save(path)
+
+
+def stream_accuracy(records: list[dict[str, Any]], block: int = 200) -> list[float]:
+    """Top-1 (%) of consecutive blocks of scored samples, in stream order: prompt collapse shows as a decline."""
+    hits = [r["top5"][0][0] == r["label"] for r in records if "skipped" not in r]
+    return [100.0 * sum(hits[i:i + block]) / len(hits[i:i + block]) for i in range(0, len(hits), block)]
+
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+
+
+def line_chart_png(series: dict[str, list[float]], path: Path, title: str, x_label: str,
+                   width: int = 800, height: int = 360) -> None:
+    """Lines of accuracy (%) against block number, one per run, drawn with Pillow."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 50, width - 170, 30, height - 35
+    values = [v for line in series.values() for v in line] or [0.0]
+    low, high = min(values), max(values)
+    low, high = (low - 1, high + 1) if high - low < 1e-9 else (low, high)
+    longest = max((len(line) for line in series.values()), default=1)
+    x_of = lambda i: left + (right - left) * (i / max(longest - 1, 1))  # noqa: E731
+    y_of = lambda v: bottom - (bottom - top) * (v - low) / (high - low)  # noqa: E731
+    draw.line([left, bottom, right, bottom], fill="black")
+    draw.line([left, top, left, bottom], fill="black")
+    for i, (label, line) in enumerate(series.items()):
+        color = PALETTE[i % len(PALETTE)]
+        points = [(x_of(j), y_of(v)) for j, v in enumerate(line)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for x, y in points:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
+        draw.text((right + 10, top + 14 * i), label[:26], fill=color)
+    draw.text((left, 8), title, fill="black")
+    draw.text((5, top), f"{high:.1f}", fill="black")
+    draw.text((5, bottom - 10), f"{low:.1f}", fill="black")
+    draw.text((left, bottom + 10), x_label, fill="black")
+    image.save(path)
+
+
+def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200) -> str:
+    """The papers' table over several run folders (one row per run), and per set the accuracy along the
+    stream for every run; returns the Markdown table. Streams use each run's first seed."""
+    import json
+
+    from .records import read_records
+
+    results: dict[str, dict[str, list[SetMetrics]]] = {}
+    streams: dict[str, dict[str, list[float]]] = {}
+    sets: list[str] = []
+    for folder in run_dirs:
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder}: not a mintclip run folder (no config.json)")
+        config = json.loads(config_path.read_text())
+        label = config["method"]["name"]
+        label = label if label not in results else f"{label} ({folder.name})"
+        results[label] = {}
+        for set_id in config["run"]["test_sets"]:
+            sets += [] if set_id in sets else [set_id]
+            per_seed = [read_records(folder / f"seed{seed}" / set_id / "records.jsonl") for seed in config["run"]["seeds"]]
+            results[label][set_id] = [metrics(records) for records in per_seed if records]
+            if per_seed and per_seed[0]:
+                streams.setdefault(set_id, {})[label] = stream_accuracy(per_seed[0], block)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown, table = results_table(results, sets)
+    (out / "summary.md").write_text(f"Top-1 accuracy (%)\n\n{markdown}")
+    (out / "summary.csv").write_text(table)
+    for set_id, series in streams.items():
+        line_chart_png(series, out / f"stream_{set_id}.png", f"{set_id}: top-1 (%) per block of {block} images",
+                       "stream position")
+    return markdown

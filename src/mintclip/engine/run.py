@@ -26,7 +26,7 @@ from ..adapt.prompts import encode_class_prompts
 from ..data import ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, stream_images
 from ..model import CLIP, load_clip
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
-from .report import bar_chart_png, details_table, metrics, results_table
+from .report import bar_chart_png, details_table, line_chart_png, metrics, results_table, stream_accuracy
 
 
 class RunError(ValueError):
@@ -182,6 +182,9 @@ def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> 
         atomic_torch_save(checkpoint_path, {"finished": [*finished, set_id], "set": None, "position": 0,
                                             "state": method.state_dict()})
         save_diagnostics(method.diagnostics(), folder / set_id, f"{method.name} {set_id}")
+        if method.online:  # how accuracy evolves along the stream: prompt or memory collapse shows here
+            line_chart_png({method.name: stream_accuracy(read_records(records_path))}, folder / set_id / "stream.png",
+                           f"{method.name} on {set_id}: top-1 (%) per block of 200 images", "stream position")
 
 
 def save_diagnostics(diagnostics: dict[str, Any], folder: Path, title: str) -> None:
