@@ -8,7 +8,9 @@ associative prompt, whose token 0 is an extra key and token 1 an extra value at 
 steps on `marginal entropy of the 6 most confident views - 0.2 * mean_views sum_6 distances`. The
 prediction classifies view 0 with the tuned context and a fresh retrieval without warm-up re-weighting.
 
-Exact fast path (`fast=True`; issue "MINT" item 7), none of which changes a number:
+Exact fast path (`fast=True`; issue "MINT" item 7): the same computation in another order, so only float
+rounding differs (1.7e-5 on logits in the tests); Adam can magnify such rounding into whole steps when
+the selected views' entropies are near zero, as it would between two GPUs:
 * the queries come from the frozen encoder without prompts, so the query pass runs once per image
   (the code repeats it every forward) and view 0's queries serve the prediction;
 * at step 1 a no-grad prompted pass over all views ranks them; gradients then flow only through the

@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from ..model import CLIP
 from .base import Method, MethodConfig, register
-from .losses import entropy, marginal_entropy, select_confident_views
+from .losses import marginal_entropy, select_confident_views
 from .prompts import TextPromptLearner, load_coop_context
 
 
@@ -95,9 +95,8 @@ class TPT(Method):
         return marginal_entropy(logits)
 
     def select(self, logits: Tensor) -> Tensor:
-        """Indices of the int(V * selection) most confident views; at least one when V is small."""
-        selected = select_confident_views(logits, self.config.selection)
-        return selected if len(selected) else entropy(logits).argsort()[:1]
+        """Indices of the int(V * selection) most confident views (at least one)."""
+        return select_confident_views(logits, self.config.selection)
 
     def reset(self) -> None:
         self.learner.reset()
