@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..model import CLIP
 
-METHOD_MODULES = ("zeroshot", "tpt", "ctpt", "zero", "mta", "mint")  # mintclip.adapt.<module>, each registers itself
+METHOD_MODULES = ("zeroshot", "tpt", "ctpt", "zero", "mta", "mint", "tda", "dynaprompt")  # mintclip.adapt.<module>, each registers itself
 _REGISTRY: dict[str, type[Method]] = {}
 
 

@@ -49,19 +49,27 @@ class TextTransformer(nn.Module):
     def encode_shared_prefix(self, prefix: Tensor, suffixes: Tensor, eot_index: Tensor,
                              length: int | None = None) -> Tensor:
         """Prompts that all begin with `prefix` (P, W), followed by `suffixes` (N, S, W) -> (N, embed_dim).
+        With K prefixes (K, P, W) (a buffer of prompts), each is followed by every suffix -> (K, N, embed_dim).
 
-        Equals `encode_embeddings` on the concatenated sequences. eot_index (N,) counts within the
-        suffixes; gradients from every class reach the one shared prefix.
+        Equals `encode_embeddings` on the concatenated sequences: each prefix runs once and its keys and
+        values serve all N suffixes. eot_index (N,) counts within the suffixes; gradients from every
+        class reach the prefixes.
         """
-        n_prefix = prefix.shape[-2]
+        single = prefix.ndim == 2
+        prefixes = prefix.reshape(-1, *prefix.shape[-2:])  # (K, P, W)
+        n_prompts, n_prefix = prefixes.shape[:2]
+        n_suffixes = suffixes.shape[0]
         length = int(eot_index.max()) + 1 if length is None else length
         positions = self.positional_embedding.to(suffixes.dtype)
-        h_prefix = prefix.reshape(1, n_prefix, -1) + positions[:n_prefix]
-        h = suffixes[:, :length] + positions[n_prefix:n_prefix + length]
+        h_prefix = prefixes + positions[:n_prefix]
+        h = (suffixes[:, :length] + positions[n_prefix:n_prefix + length]).repeat(n_prompts, 1, 1)  # row k*N + n
         for block in self.blocks:
-            h_prefix, prefix_kv = block(h_prefix, causal=True, return_kv=True)
-            h = block(h, past_kv=prefix_kv, causal=True)
-        return self._pool(h, eot_index)
+            h_prefix, (keys, values) = block(h_prefix, causal=True, return_kv=True)
+            if n_prompts > 1:  # one prefix broadcasts inside the attention; several are laid out per row
+                keys, values = keys.repeat_interleave(n_suffixes, 0), values.repeat_interleave(n_suffixes, 0)
+            h = block(h, past_kv=(keys, values), causal=True)
+        features = self._pool(h, eot_index.repeat(n_prompts)).unflatten(0, (n_prompts, n_suffixes))
+        return features[0] if single else features
 
     def _pool(self, hidden: Tensor, eot_index: Tensor) -> Tensor:
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_index]
