@@ -11,10 +11,7 @@ import torch.nn.functional as F
 from mintclip.adapt import build_method
 from mintclip.adapt.losses import entropy, marginal_entropy
 from mintclip.adapt.tda import ClassSlots, Observation
-from mintclip.cli import main
-from mintclip.engine.records import read_records
 from tests.conftest import IMAGE_SIZE, tiny_clip
-from tests.engine.test_run import comparable, kill_part_way, random_images, run_args
 
 CLASSES = ["goldfish", "great white shark", "jay", "tabby cat"]
 
@@ -240,21 +237,3 @@ def test_build_method_setup_and_predict(images):
         logits = method.predict(images[i:i + 1])
         assert logits.shape == (len(CLASSES),) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
     assert method.diagnostics()["numbers"]["positive_entries"] == 3
-
-
-def test_a_killed_run_resumes_exactly(tmp_path):
-    data = random_images(tmp_path / "tree", ["cat", "dog", "fox"], per_class=6)
-    checkpoint = tmp_path / "tiny.safetensors"
-    import mintclip
-
-    mintclip.save_clip(tiny_clip(), checkpoint)
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    args = ["--hp", "precision=fp32", "--save-every", "3"]
-    assert main(run_args(data, checkpoint, whole, "tda", *args)) == 0
-    prelude = ("import time, mintclip.adapt.tda as t; predict = t.TDA.predict; "
-               "t.TDA.predict = lambda self, views: (time.sleep(0.05), predict(self, views))[1]; ")
-    kill_part_way(run_args(data, checkpoint, killed, "tda", *args), killed / "seed0" / "folder" / "records.jsonl",
-                  at_least=7, prelude=prelude)
-    assert 7 <= len(read_records(killed / "seed0" / "folder" / "records.jsonl")) < 18
-    assert main(run_args(data, checkpoint, killed, "tda", *args, "--resume")) == 0
-    assert comparable(killed) == comparable(whole)

@@ -119,6 +119,21 @@ def test_online_state_resumes_exactly_across_sets(tmp_path, checkpoint):
         assert comparable(out) == comparable(tmp_path / "whole"), stop_in
 
 
+@pytest.mark.parametrize("method", ["tda", "dynaprompt"])
+def test_online_methods_resume_exactly_after_a_kill(method, tmp_path, checkpoint):
+    data = random_images(tmp_path / "tree", ["cat", "dog", "fox"], per_class=6)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    args = ["--hp", "precision=fp32", *{"dynaprompt": ["n_views=8"]}.get(method, []), "--save-every", "3"]
+    assert main(run_args(data, checkpoint, whole, method, *args)) == 0
+    slow = (f"import time, mintclip.adapt as a; cls = a.available_methods()[{method!r}]; p = cls.predict; "
+            "cls.predict = lambda self, views: (time.sleep(0.05), p(self, views))[1]; ")
+    records = killed / "seed0" / "folder" / "records.jsonl"
+    kill_part_way(run_args(data, checkpoint, killed, method, *args), records, at_least=7, prelude=slow)
+    assert 7 <= len(read_records(records)) < 18
+    assert main(run_args(data, checkpoint, killed, method, *args, "--resume")) == 0
+    assert comparable(killed) == comparable(whole)
+
+
 def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
     cases = [
         (run_args(tree, checkpoint, tmp_path / "a", "tpt")[:3] + ["Q", *run_args(tree, checkpoint, tmp_path / "a", "tpt")[4:]],
