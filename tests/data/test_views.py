@@ -245,3 +245,13 @@ def test_generator_mixes_seed_and_index():
     draw = lambda s, i: torch.rand(4, generator=view_generator(s, i))  # noqa: E731
     assert torch.equal(draw(3, 7), draw(3, 7))
     assert not torch.equal(draw(0, 1), draw(1, 0)) and not torch.equal(draw(1, 2), draw(2, 1))
+
+
+def test_view0_follows_the_checkpoints_interpolation():
+    image = smooth_image(120, 160)
+    bicubic = ViewMaker(n_views=1, size=64)(image, seed=0, index=0)[0]
+    bilinear = ViewMaker(n_views=1, size=64, interpolation="bilinear")(image, seed=0, index=0)[0]
+    resized = two_pass(image.float() / 255, (64, 85), "bilinear")[:, :, 10:74]
+    assert torch.equal(bilinear, (resized - MEAN) / STD) and not torch.equal(bilinear, bicubic)
+    with pytest.raises(ValueError, match="bicubic or bilinear"):
+        ViewMaker(interpolation="lanczos")

@@ -90,7 +90,7 @@ class MINT(Method):
     def notes(self) -> list[str]:
         cfg = self.config
         start = f"CoOp context from {cfg.coop}" if cfg.coop else (
-            f"context '{cfg.ctx_init}' (the official default is a CoOp context: pass coop=PATH)")
+            f"context '{cfg.ctx_init}' (the official default is a CoOp context: --coop PATH)")
         return [f"text: {start}", f"memory: {cfg.memory}, reset {cfg.reset_memory}, loss sign {cfg.key_loss_sign:+g}"]
 
     # -- state --------------------------------------------------------------------------------------

@@ -208,13 +208,14 @@ def pil_resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     return _to_grid(F.interpolate(wide, size=size, mode=mode, antialias=True, align_corners=False))
 
 
-def centre_view(image: Tensor, size: int) -> Tensor:
-    """View 0: Resize(size, BICUBIC) on the short side + CenterCrop(size); image (3, H, W) -> (3, S, S)."""
+def centre_view(image: Tensor, size: int, interpolation: str = "bicubic") -> Tensor:
+    """View 0: Resize(size) on the short side + CenterCrop(size); image (3, H, W) -> (3, S, S). Bicubic, as
+    TPT and CLIP preprocess; a checkpoint that states bilinear (some open_clip models) gets bilinear."""
     height, width = image.shape[-2:]
     short, long = sorted((height, width))
     new_long = int(size * long / short)
     new_h, new_w = (size, new_long) if height <= width else (new_long, size)
-    resized = pil_resize(image[None], (new_h, new_w), "bicubic")[0]
+    resized = pil_resize(image[None], (new_h, new_w), interpolation)[0]
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))  # Python's round, as torchvision
     return resized[:, top:top + size, left:left + size]
 
@@ -224,8 +225,11 @@ class ViewMaker:
     the time, and with augmix=True (the cross-domain sets) AugMixed."""
 
     def __init__(self, n_views: int = 64, size: int = 224, augmix: bool = False, mean=OPENAI_MEAN,
-                 std=OPENAI_STD, device: str | torch.device | None = None) -> None:
+                 std=OPENAI_STD, device: str | torch.device | None = None, interpolation: str = "bicubic") -> None:
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"view 0 interpolation must be bicubic or bilinear, got {interpolation!r}")
         self.n_views, self.size, self.augmix, self.device = n_views, size, augmix, device
+        self.interpolation = interpolation
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -260,7 +264,7 @@ class ViewMaker:
         mean, std = self.mean.to(device), self.std.to(device)
         crops = self.crops(image, params)  # (V, 3, S, S)
         views = self._augmix(crops, params, mean, std) if self.augmix else (crops - mean) / std
-        return torch.cat([((centre_view(image, self.size) - mean) / std)[None], views])
+        return torch.cat([((centre_view(image, self.size, self.interpolation) - mean) / std)[None], views])
 
     def crops(self, image: Tensor, params: ViewParams) -> Tensor:
         """RandomResizedCrop (PIL's antialiased bilinear) + RandomHorizontalFlip: (V, 3, S, S) in [0, 1]."""

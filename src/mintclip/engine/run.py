@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,18 @@ def resolved_config(config: RunConfig, prepared: Prepared) -> dict[str, Any]:
     }
 
 
+def describe(config: RunConfig, prepared: Prepared) -> str:
+    """What the run is about to do, in a few lines, before the first image."""
+    model, method = prepared.model.config, prepared.method
+    lines = [f"mintclip run: {method.name} ({'online' if method.online else 'episodic'}) on {config.device}, "
+             f"seeds {config.seeds}, writing to {config.out}",
+             f"  model {model.arch_name}, act {model.act}, {model.preprocess.image_size}px "
+             f"{model.preprocess.interpolation}, sha256 {model.sources.get('sha256', '?')[:12]}"]
+    lines += [f"  {ds.summary()}" for ds in prepared.datasets.values()]
+    lines += [f"  {note}" for note in method.notes()]
+    return "\n".join(lines)
+
+
 def augmix_for(config: RunConfig, method: Method, dataset: ImageDataset) -> bool:
     if config.augmix != "auto":
         return config.augmix == "on"
@@ -125,6 +138,8 @@ def run(config: RunConfig) -> dict[str, list]:
     prepared = prepare(config)
     out = Path(config.out)
     atomic_write_json(out / "config.json", resolved_config(config, prepared))
+    if config.progress:
+        print(describe(config, prepared), file=sys.stderr)
     results: dict[str, list] = {s: [] for s in config.test_sets}
     for seed in config.seeds:
         run_seed(config, prepared, seed, out / f"seed{seed}")
@@ -203,7 +218,7 @@ def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order:
     device = model.device
     preprocess = model.config.preprocess
     maker = ViewMaker(n_views=method.views_per_image, size=preprocess.image_size, augmix=augmix_for(config, method, dataset),
-                      mean=preprocess.mean, std=preprocess.std, device=device)
+                      mean=preprocess.mean, std=preprocess.std, device=device, interpolation=preprocess.interpolation)
     zeroshot_text = encode_class_prompts(model, dataset.classnames, ["a photo of a {}."])
     correct = scored = 0
     bar = tqdm(total=len(order), initial=start, desc=f"{method.name} {dataset.set_id}", disable=not config.progress,
