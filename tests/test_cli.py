@@ -55,3 +55,16 @@ def test_check_data_lists_sets_and_problems(tmp_path, capsys):
     assert out[1].startswith("V: PROBLEM: ") and out[2] == "1 of 2 sets ready"
     assert main(["check-data", str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 of 15 sets ready"
+
+
+def test_bench_times_both_paths_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--method", "tpt,zeroshot", "--arch", "micro", "--classes", "5", "--views", "8",
+                 "--images", "1", "--warmup", "0", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tpt: reference / mintclip = " in printed and "zeroshot   mintclip" in printed
+    import json
+    results = json.loads(out.read_text())["results"]
+    assert [(r["method"], r["path"]) for r in results] == [("tpt", "mintclip"), ("tpt", "reference"),
+                                                            ("zeroshot", "mintclip")]
+    assert all(r["ms_per_image"] > 0 for r in results)

@@ -104,6 +104,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import format_table, run_benchmark, to_json
+
+    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu")
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    results = run_benchmark(methods, args.arch, args.classes, args.views, args.images, args.warmup, device,
+                            args.precision)
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
+    header = (f"per test image: {args.arch} with random weights, {args.classes} classes, {args.views} views, "
+              f"{device} ({name}), precision {args.precision}, {results[0].threads} threads; {args.images} timed "
+              f"image(s) after {args.warmup} warm-up")
+    print(format_table(results, header))
+    if args.json:
+        open(args.json, "w").write(to_json(results, {k: v for k, v in vars(args).items() if k != "handler"}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mintclip", description="Test-time adaptation of CLIP models.")
     parser.add_argument("--version", action="version", version=f"mintclip {__version__}")
@@ -138,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="report", help="output folder (default: report)")
     report.add_argument("--block", type=int, default=200, help="images per point of the stream plots")
     report.set_defaults(handler=_report)
+    from .bench import ARCHS
+
+    bench = commands.add_parser("bench", help="time methods per image, mintclip's path against the reference's",
+                                description="Per-image time and peak memory of methods on a CLIP with random "
+                                            "weights, with the reference code's order of work beside mintclip's.")
+    bench.add_argument("--method", default="tpt,mint", help="comma-separated methods (default: tpt,mint)")
+    bench.add_argument("--arch", choices=sorted(ARCHS), default="tiny")
+    bench.add_argument("--classes", type=int, default=200)
+    bench.add_argument("--views", type=int, default=64)
+    bench.add_argument("--images", type=int, default=3, help="timed images per method and path")
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--gpu", type=int)
+    bench.add_argument("--device")
+    bench.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    bench.add_argument("--json", help="also write the figures here")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

@@ -155,3 +155,11 @@ def test_build_by_name_parses_string_overrides():
     assert method.config.weight_decay == 0.01 and method.config.selection == 0.1
     assert method.config.ctx_init == "a photo of a" and method.config.n_ctx == 4
     assert method.augmix("I") is None  # the dataset's reference default: AugMix for cross-domain sets only
+
+
+def test_the_reference_order_of_work_gives_the_same_predictions():
+    model = frozen_clip()
+    fast, reference = make_tpt(model, steps=2), make_tpt(model, steps=2, reference_order=True)
+    for seed in (1, 2, 3):
+        views = random_views(seed=seed)
+        torch.testing.assert_close(fast.predict(views), reference.predict(views), atol=5e-5, rtol=1e-5)

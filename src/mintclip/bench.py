@@ -1,0 +1,153 @@
+"""Time methods per test image: mintclip's path against the reference code's order of work, side by side.
+
+The CLIP has random weights of a real shape (nothing is downloaded), the class names are made up, the
+views random tensors: timing needs none of the real ones. Methods with a reference-order mode (MINT's
+fast=False, TPT's and C-TPT's reference_order) are timed both ways; the others once.
+
+Each (method, path) runs in its own process, so its peak memory is its own: on CUDA the peak of
+torch.cuda.max_memory_allocated over the images less what was allocated before the first (model, text,
+bank); on CPU the growth of the peak resident set (getrusage ru_maxrss). The first `warmup` images are
+not timed (allocator, kernel selection, lazy imports).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .adapt import build_method
+from .model import CLIP, CLIPConfig, Preprocess, TextConfig, VisionConfig
+
+# name: (image size, patch, vision width, blocks, heads, text width, blocks, heads, embed dim, MINT query blocks)
+ARCHS = {
+    "micro": (32, 8, 128, 3, 2, 64, 2, 1, 32, "0,1,2"),  # for tests
+    "tiny": (224, 16, 256, 6, 4, 256, 6, 4, 256, "1,3,5"),  # for CPUs
+    "ViT-B/32": (224, 32, 768, 12, 12, 512, 12, 8, 512, "3,7,11"),
+    "ViT-B/16": (224, 16, 768, 12, 12, 512, 12, 8, 512, "3,7,11"),
+}
+REFERENCE_ORDER = {"mint": {"fast": False}, "tpt": {"reference_order": True}, "ctpt": {"reference_order": True}}
+
+
+@dataclass
+class Timing:
+    method: str
+    path: str  # "mintclip" or "reference"
+    ms_per_image: float
+    median_ms: float
+    images_per_s: float
+    peak_mib: float
+    memory: str
+    model: str
+    threads: int
+
+
+def build_clip(arch: str, device: str) -> CLIP:
+    size, patch, v_width, v_layers, v_heads, t_width, t_layers, t_heads, embed, _ = ARCHS[arch]
+    config = CLIPConfig(embed_dim=embed, act="quick_gelu", preprocess=Preprocess(size),
+                        vision=VisionConfig("vit", v_width, v_layers, v_heads, size, patch),
+                        text=TextConfig(t_width, t_layers, t_heads))
+    torch.manual_seed(0)
+    model = CLIP(config)
+    model.logit_scale.data.fill_(np.log(100.0))  # a trained CLIP's temperature
+    return model.eval().requires_grad_(False).to(device)  # as load_clip returns it
+
+
+def class_names(count: int, seed: int = 0) -> list[str]:
+    """Made-up names of 1-3 words, a few BPE tokens each, like dataset class names."""
+    rng = np.random.default_rng(seed)
+    syllables = ["ka", "lo", "mi", "ter", "son", "ra", "vel", "quin", "bor", "ish", "dra", "pu", "ne", "gor"]
+    word = lambda: "".join(rng.choice(syllables, size=rng.integers(2, 5)))  # noqa: E731
+    return [" ".join(word() for _ in range(rng.integers(1, 4))) for _ in range(count)]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def time_method(method_name: str, path: str, arch: str, classes: int, views: int, images: int, warmup: int,
+                device: str, precision: str) -> Timing:
+    """In this process: build the model and the method, then run warm-up and timed images."""
+    overrides = {"precision": precision, **(REFERENCE_ORDER.get(method_name, {}) if path == "reference" else {})}
+    if method_name == "mint":
+        overrides["query_layers"] = ARCHS[arch][-1]
+    method = build_method(method_name, overrides)
+    if hasattr(method.config, "n_views"):
+        method.config.n_views = views
+    model = build_clip(arch, device)
+    method.setup(model, class_names(classes), "bench")
+    size = model.config.vision.image_size
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(views, 3, size, size, generator=generator) for _ in range(warmup + images)]
+    _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    else:
+        baseline = _maxrss_mib()
+    seconds = []
+    for i, batch in enumerate(batches):
+        batch = batch.to(device)
+        _sync(device)
+        start = time.perf_counter()
+        logits = method.predict(batch)
+        _sync(device)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+        if not torch.isfinite(logits).all():
+            raise RuntimeError(f"{method_name} ({path}) gave non-finite logits")
+    if device.startswith("cuda"):
+        peak, memory = (torch.cuda.max_memory_allocated() - baseline) / 2**20, "CUDA max_memory_allocated above the model's"
+    else:
+        peak, memory = _maxrss_mib() - baseline, "CPU peak resident-set growth (getrusage ru_maxrss)"
+    ms = 1000 * sum(seconds) / len(seconds)
+    return Timing(method_name, path, ms, 1000 * float(np.median(seconds)), 1000 / ms, peak, memory,
+                  model.config.arch_name, torch.get_num_threads())
+
+
+def run_benchmark(methods: list[str], arch: str, classes: int, views: int, images: int, warmup: int, device: str,
+                  precision: str) -> list[Timing]:
+    """Every (method, path) in a child process of its own; returns the timings in order."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            for path in ["mintclip", "reference"] if method in REFERENCE_ORDER else ["mintclip"]:
+                out = Path(tmp) / f"{method}-{path}.json"
+                spec = json.dumps([method, path, arch, classes, views, images, warmup, device, precision])
+                code = ("import json, sys; from dataclasses import asdict; from mintclip.bench import time_method; "
+                        "open(sys.argv[2], 'w').write(json.dumps(asdict(time_method(*json.loads(sys.argv[1])))))")
+                subprocess.run([sys.executable, "-c", code, spec, str(out)], check=True)
+                results.append(Timing(**json.loads(out.read_text())))
+    return results
+
+
+def format_table(results: list[Timing], header: str) -> str:
+    lines = [header, f"{'method':<10} {'path':<10} {'ms/image':>10} {'median ms':>10} {'images/s':>9} {'peak MiB':>9}"]
+    for r in results:
+        lines.append(f"{r.method:<10} {r.path:<10} {r.ms_per_image:>10.1f} {r.median_ms:>10.1f} {r.images_per_s:>9.3f} "
+                     f"{r.peak_mib:>9.0f}")
+    by_key = {(r.method, r.path): r for r in results}
+    for method in dict.fromkeys(r.method for r in results):
+        if (method, "reference") in by_key:
+            ours, ref = by_key[method, "mintclip"], by_key[method, "reference"]
+            lines.append(f"{method}: reference / mintclip = {ref.ms_per_image / ours.ms_per_image:.2f}x time, "
+                         f"{ref.peak_mib / max(ours.peak_mib, 1e-9):.2f}x memory")
+    lines.append(f"peak memory: {results[0].memory} (MiB)")
+    return "\n".join(lines)
+
+
+def to_json(results: list[Timing], settings: dict) -> str:
+    return json.dumps({"settings": settings, "results": [asdict(r) for r in results]}, indent=1)
