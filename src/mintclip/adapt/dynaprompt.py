@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..model import CLIP
 from .base import Method, MethodConfig, register
-from .losses import entropy, marginal_entropy
+from .losses import entropy, marginal_entropy, most_confident
 from .prompts import TextPromptLearner
 
 VARIANTS = ("reference", "paper")
@@ -372,8 +372,7 @@ class DynaPrompt(Method):
             else:
                 selection = buffer.select_paper(ent, diff)
             chosen = logits[:, selection.rows]  # (V, n, C)
-            n_confident = max(1, int(chosen.shape[0] * cfg.selection))
-            views = entropy(chosen.detach()).mean(1).argsort()[:n_confident]
+            views = most_confident(entropy(chosen.detach()).mean(1), cfg.selection)  # entropy over the chosen slots
             loss = marginal_entropy(chosen[views]).mean()
             grad, = torch.autograd.grad(loss, residuals)
         if cfg.variant == "reference":  # AdamW over the whole buffer tensor; rows are slot ids

@@ -13,9 +13,14 @@ def entropy(logits: Tensor) -> Tensor:
 
 
 def select_confident_views(logits: Tensor, fraction: float = 0.1) -> Tensor:
-    """Indices of the int(V * fraction) lowest-entropy views (6 of 64), most confident first; at least one,
-    where the reference would select none (fewer than 10 views) and take a NaN loss."""
-    return entropy(logits).argsort()[: max(1, int(logits.shape[0] * fraction))]
+    """Indices of the int(V * fraction) lowest-entropy views (6 of 64) of logits (V, C), most confident first."""
+    return most_confident(entropy(logits), fraction)
+
+
+def most_confident(view_entropy: Tensor, fraction: float) -> Tensor:
+    """Indices of the int(V * fraction) smallest of view_entropy (V,); at least one, where the reference
+    would select none (fewer than 10 views) and take a NaN loss."""
+    return view_entropy.argsort()[: max(1, int(view_entropy.shape[0] * fraction))]
 
 
 def marginal_entropy(logits: Tensor) -> Tensor:
