@@ -63,15 +63,20 @@ def fetch_wheel(package: str, version: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def load_pretrained(src: Path) -> dict:
-    """Import open_clip/pretrained.py alone: the package __init__ pulls in torchvision, which we never install."""
+def import_open_clip(src: Path, module: str) -> types.ModuleType:
+    """Import open_clip.<module> from the unpacked wheel without the package __init__, which pulls in
+    torchvision (never installed here)."""
     pkg = types.ModuleType("open_clip")
     pkg.__path__ = [str(src / "open_clip")]
     sys.modules["open_clip"] = pkg
     # Optional deps of pretrained.py that only matter for downloading; blocking them keeps the import light.
     for name in ("safetensors", "huggingface_hub"):
         sys.modules[name] = None  # type: ignore[assignment]
-    mod = importlib.import_module("open_clip.pretrained")
+    return importlib.import_module(f"open_clip.{module}")
+
+
+def load_pretrained(src: Path) -> dict:
+    mod = import_open_clip(src, "pretrained")
     if mod.__version__ != OC_VERSION:
         sys.exit(f"error: wheel is open_clip {mod.__version__}, expected {OC_VERSION}")
     return mod._PRETRAINED
@@ -110,7 +115,7 @@ def checkpoint_table(src: Path) -> list[dict]:
 
 def imagenet_metadata(oc_src: Path, timm_src: Path) -> dict:
     """CLIP's curated class names and templates (open_clip), the sorted wnids and the A/R subsets (timm)."""
-    meta = importlib.import_module("open_clip.zero_shot_metadata")
+    meta = import_open_clip(oc_src, "zero_shot_metadata")
     info = timm_src / "timm" / "data" / "_info"
     wnids = (info / "imagenet_synsets.txt").read_text().split()
     subsets = {s: (info / f"imagenet_{s}_synsets.txt").read_text().split() for s in ("a", "r")}

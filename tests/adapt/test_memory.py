@@ -103,15 +103,10 @@ def test_the_associative_prompt_is_the_plain_mean_of_the_retrieved_values():
         torch.testing.assert_close(prompt[1], values[3])
 
 
-def test_the_bank_starts_from_its_seed_and_can_start_again():
+def test_the_bank_starts_from_its_seed():
     a, b = MemoryPromptBank(8, 2, 5, seed=1), MemoryPromptBank(8, 2, 5, seed=1)
     assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     assert not torch.equal(a.keys, MemoryPromptBank(8, 2, 5, seed=2).keys)
     assert float(a.keys.detach().std()) == pytest.approx(1, abs=0.3)  # N(0, 1), as mpb.py's torch.randn
-    with torch.no_grad():
-        a.keys.add_(1)
-    a.count(torch.tensor([[1, 2]]), tuning=True)
-    a.count(torch.tensor([[1, 2]]), tuning=False)
-    a.reinitialise(seed=1)
-    assert torch.equal(a.keys, b.keys) and not a.train_counts.any() and not a.test_counts.any()
+    assert not a.train_counts.any() and not a.test_counts.any()
     assert sorted(a.state_dict()) == ["keys", "test_counts", "train_counts", "values"]

@@ -66,8 +66,3 @@ class MemoryPromptBank(nn.Module):
     def assemble(self, index: Tensor, value_set: int = 0) -> Tensor:
         """The associative prompt: the retrieved values averaged with equal weights, (B, M) -> (B, L, D)."""
         return self.values[value_set][index].mean(dim=1)
-
-    def reinitialise(self, seed: int) -> None:
-        fresh = MemoryPromptBank(self.size, self.values.shape[2], self.keys.shape[2], self.keys.shape[0],
-                                 self.values.shape[0], seed, self.keys.device)
-        self.load_state_dict(fresh.state_dict())

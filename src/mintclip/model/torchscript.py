@@ -23,9 +23,7 @@ STORAGE_DTYPES = {
 
 
 class ScriptModuleRecord:
-    """Stands in for a pickled TorchScript module: keeps its class name and attributes, runs nothing."""
-
-    class_name = ""
+    """Stands in for a pickled TorchScript module: keeps its attributes, runs nothing."""
 
     def __setstate__(self, state: Any) -> None:
         self.state = state if isinstance(state, dict) else {}
@@ -48,7 +46,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module.startswith("__torch__"):
             self.class_names.add(name)
-            return type(name, (ScriptModuleRecord,), {"class_name": name})
+            return type(name, (ScriptModuleRecord,), {})
         if (module, name) in {("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")}:
             return _rebuild_tensor
         if module == "torch" and name in STORAGE_DTYPES:
