@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from mintclip.data.catalog import DatasetError, check_data, open_dataset, resolve_set_id
+from mintclip.data.catalog import DatasetError, check_data, open_dataset, resolve_set_id, set_label
 from mintclip.data.imagenet import LAYOUTS
 from mintclip.data.templates import imagenet_assets
 
@@ -166,6 +166,18 @@ def test_users_own_image_folder_and_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("path,label\nmine/cat/img_0.jpg,5\n")
     with pytest.raises(DatasetError, match="labels outside 0..1: 5"):
         open_dataset(tmp_path / "bad.csv", "csv")
+
+
+def test_several_image_folders_under_one_root(tmp_path):
+    make_tree(tmp_path / "sketch", ["cat", "dog"])
+    make_tree(tmp_path / "cartoon", ["cat", "dog"], per_class=2)
+    ds = open_dataset(tmp_path, "folder:cartoon")
+    assert ds.set_id == "folder:cartoon" and set_label(ds.set_id) == "cartoon" and len(ds) == 4
+    assert set_label("A") == "A"
+    with pytest.raises(DatasetError, match="no such directory"):
+        open_dataset(tmp_path, "folder:painting")
+    with pytest.raises(DatasetError, match="names one sub-folder"):
+        resolve_set_id("folder:../elsewhere")
 
 
 def test_set_ids_in_every_reference_spelling():

@@ -190,6 +190,20 @@ def test_the_seed_command_line_runs_mint_by_default(tree, checkpoint, tmp_path):
     assert (out / "seed0" / "folder" / "usage.png").is_file() and (out / "seed0" / "folder" / "memory.safetensors").is_file()
 
 
+def test_domains_as_image_folders_under_one_root(tmp_path, checkpoint, capsys):
+    for domain in ("sketch", "cartoon"):
+        random_images(tmp_path / "data" / domain, ["cat", "dog"], per_class=2, seed=len(domain))
+    args = run_args(tmp_path / "data", checkpoint, tmp_path / "out", "zeroshot")
+    args[args.index("folder")] = "folder:sketch/folder:cartoon"
+    assert main(args) == 0
+    assert len(read_records(tmp_path / "out" / "seed0" / "cartoon" / "records.jsonl")) == 4
+    assert "| method | sketch | cartoon | average |" in (tmp_path / "out" / "summary.md").read_text()
+    args[args.index("folder:sketch/folder:cartoon")] = "folder:sketch/folder:sketch"
+    args[args.index("--out") + 1] = str(tmp_path / "twice")
+    assert main(args) == 2
+    assert "a set is named twice" in capsys.readouterr().err
+
+
 def test_report_combines_runs_and_plots_the_stream(tree, checkpoint, tmp_path, capsys):
     from mintclip.engine.report import stream_accuracy
 

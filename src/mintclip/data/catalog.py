@@ -27,17 +27,28 @@ ALIASES = {
     "stanford_cars": "Cars", "fgvc": "Aircraft", "fgvc_aircraft": "Aircraft",
 }
 CUSTOM = ("folder", "csv")
+SUBFOLDER = "folder:"  # "folder:NAME": the ImageFolder tree NAME under the data root (several domains, one root)
 
 
 def resolve_set_id(name: str) -> str:
     """A set id in any reference spelling ('A', 'flower102', 'eurosat', 'oxford_pets') -> mintclip's id."""
     if name in SET_IDS or name in CUSTOM:
         return name
+    if name.startswith(SUBFOLDER):
+        folder = name[len(SUBFOLDER):]
+        if not folder or "/" in folder or "\\" in folder or folder in (".", ".."):
+            raise DatasetError(f"{name!r}: 'folder:NAME' names one sub-folder of the data root")
+        return name
     by_lower = {s.lower(): s for s in SET_IDS} | ALIASES
     if name.lower() in by_lower:
         return by_lower[name.lower()]
     raise DatasetError(f"unknown set id {name!r}: use one of {', '.join(SET_IDS)}, or 'folder' (any ImageFolder "
-                       "tree) or 'csv' (a path,label file)")
+                       "tree), 'folder:NAME' (the tree NAME under the root) or 'csv' (a path,label file)")
+
+
+def set_label(set_id: str) -> str:
+    """The set's name in tables and its folder in a run's output: NAME for 'folder:NAME', else the id."""
+    return set_id[len(SUBFOLDER):] if set_id.startswith(SUBFOLDER) else set_id
 
 
 def open_dataset(root: str | Path, set_id: str) -> ImageDataset:
@@ -52,6 +63,12 @@ def open_dataset(root: str | Path, set_id: str) -> ImageDataset:
         raise DatasetError(f"{root}: not a directory")
     if set_id == "folder":
         return open_image_folder(root, set_id)
+    if set_id.startswith(SUBFOLDER):
+        tree = root / set_label(set_id)
+        if not tree.is_dir():
+            raise DatasetError(f"{tree}: no such directory (set {set_id!r} is the ImageFolder tree {tree.name} under "
+                               f"{root})")
+        return open_image_folder(tree, set_id)
     if set_id in IMAGENET_SETS:
         return open_imagenet_set(root, set_id)
     return open_cross_domain_set(root, set_id)

@@ -157,6 +157,7 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200) -> str:
     stream for every run; returns the Markdown table. Streams use each run's first seed."""
     import json
 
+    from ..data import set_label
     from .records import read_records
 
     results: dict[str, dict[str, list[SetMetrics]]] = {}
@@ -170,7 +171,7 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200) -> str:
         label = config["method"]["name"]
         label = label if label not in results else f"{label} ({folder.name})"
         results[label] = {}
-        for set_id in config["run"]["test_sets"]:
+        for set_id in map(set_label, config["run"]["test_sets"]):
             sets += [] if set_id in sets else [set_id]
             per_seed = [read_records(folder / f"seed{seed}" / set_id / "records.jsonl") for seed in config["run"]["seeds"]]
             results[label][set_id] = [metrics(records) for records in per_seed if records]

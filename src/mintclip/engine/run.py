@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from ..adapt.base import Method, autocast_for, build_method
 from ..adapt.prompts import encode_class_prompts
-from ..data import ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, stream_images
+from ..data import (ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, set_label,
+                    stream_images)
 from ..model import CLIP, load_clip
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
 from .report import bar_chart_png, details_table, line_chart_png, metrics, results_table, stream_accuracy
@@ -71,6 +72,9 @@ def prepare(config: RunConfig) -> Prepared:
     """Every check that needs no image: weights, method, set ids, layouts, and the output folder."""
     set_ids = [resolve_set_id(s) for s in config.test_sets]
     config.test_sets = set_ids
+    labels = [set_label(s) for s in set_ids]
+    if len(set(labels)) < len(labels):
+        raise RunError(f"--test_sets {'/'.join(set_ids)}: a set is named twice")
     try:
         method = build_method(config.method, config.hp)
     except (ValueError, TypeError) as e:
@@ -144,9 +148,10 @@ def run(config: RunConfig) -> dict[str, list]:
     for seed in config.seeds:
         run_seed(config, prepared, seed, out / f"seed{seed}")
         for set_id in config.test_sets:
-            results[set_id].append(metrics(read_records(out / f"seed{seed}" / set_id / "records.jsonl")))
-    markdown, table = results_table({prepared.method.name: results}, config.test_sets)
-    details = details_table(prepared.method.name, results)
+            results[set_id].append(metrics(read_records(out / f"seed{seed}" / set_label(set_id) / "records.jsonl")))
+    by_label = {set_label(s): runs for s, runs in results.items()}
+    markdown, table = results_table({prepared.method.name: by_label}, list(by_label))
+    details = details_table(prepared.method.name, by_label)
     notes = "".join(f"- {note}\n" for note in prepared.method.notes())
     (out / "summary.md").write_text(f"Top-1 accuracy (%), {len(config.seeds)} seed(s)\n\n{markdown}\n"
                                     f"Per set (%; ECE with 20 bins)\n\n{details}" + (f"\n{notes}" if notes else ""))
@@ -167,7 +172,7 @@ def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> 
     pending_state = method.online and config.resume and checkpoint_path.is_file()
     for set_id in config.test_sets:
         dataset = prepared.datasets[set_id]
-        records_path = folder / set_id / "records.jsonl"
+        records_path = folder / set_label(set_id) / "records.jsonl"
         order = stream_order(len(dataset), seed, config.limit)
         start = 0
         if config.resume and not method.online:
@@ -196,9 +201,9 @@ def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> 
             writer.close()
         atomic_torch_save(checkpoint_path, {"finished": [*finished, set_id], "set": None, "position": 0,
                                             "state": method.state_dict()})
-        save_diagnostics(method.diagnostics(), folder / set_id, f"{method.name} {set_id}")
+        save_diagnostics(method.diagnostics(), records_path.parent, f"{method.name} {set_id}")
         if method.online:  # how accuracy evolves along the stream: prompt or memory collapse shows here
-            line_chart_png({method.name: stream_accuracy(read_records(records_path))}, folder / set_id / "stream.png",
+            line_chart_png({method.name: stream_accuracy(read_records(records_path))}, records_path.parent / "stream.png",
                            f"{method.name} on {set_id}: top-1 (%) per block of 200 images", "stream position")
 
 
