@@ -96,11 +96,13 @@ def _report(args: argparse.Namespace) -> int:
 
     from .engine.report import report_runs
 
+    if args.block < 1 or args.bootstrap < 1:
+        raise RunError("--block and --bootstrap need at least 1")
     try:
-        print(report_runs([Path(p) for p in args.runs], Path(args.out), args.block))
+        print(report_runs([Path(p) for p in args.runs], Path(args.out), args.block, args.bootstrap))
     except FileNotFoundError as e:
         raise RunError(str(e)) from None
-    print(f"wrote {args.out}/summary.md, {args.out}/summary.csv and {args.out}/stream_<set>.png")
+    print(f"wrote the files listed under 'Files' to {args.out}/")
     return 0
 
 
@@ -120,6 +122,43 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(results, header))
     if args.json:
         open(args.json, "w").write(to_json(results, {k: v for k, v in vars(args).items() if k != "handler"}))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .shiftbench.demo import DemoConfig, demo
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    config = DemoConfig(out=args.out, per_class=args.per_class, samples=args.samples, weights=args.weights,
+                        data=args.data, device=args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu"),
+                        progress=not args.no_progress, **({"methods": methods} if methods else {}))
+    print(demo(config, log=lambda line: print(line, file=sys.stderr)))
+    print(f"wrote {args.out}/<method>/ (records, summaries) and {args.out}/report/ (summary.md, summary.csv, "
+          "gains.csv, accuracy.png)")
+    return 0
+
+
+def _shiftbench_render(args: argparse.Namespace) -> int:
+    from .shiftbench.render import DOMAINS, write_domains
+
+    domains = args.domains.split("/") if args.domains else list(DOMAINS)
+    if unknown := sorted(set(domains) - set(DOMAINS)):
+        raise RunError(f"unknown domain(s) {', '.join(unknown)}: use {'/'.join(DOMAINS)}")
+    for domain, folder in write_domains(args.out, domains, per_class=args.per_class, seed=args.seed,
+                                        size=args.size).items():
+        print(f"{domain}: {folder}")
+    return 0
+
+
+def _shiftbench_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .shiftbench.train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train(TrainConfig(steps=args.steps, batch=args.batch, per_class=args.per_class, seed=args.seed), args.out,
+          log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -150,12 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--workers", type=int, default=4, help="image decoding processes")
     add_run_options(run_parser)
     run_parser.set_defaults(handler=_run)
-    report = commands.add_parser("report", help="one table and stream plots over several run folders",
-                                 description="Combine run folders into the papers' table (a row per run) and "
-                                             "plot top-1 along the stream per set.")
+    report = commands.add_parser("report", help="tables, gains over zero-shot with intervals, and plots over runs",
+                                 description="Combine run folders into the papers' table (a row per run), each "
+                                             "run's gain over zero-shot with a paired bootstrap 95% interval, "
+                                             "a bar chart per set, top-1 along the stream of online runs and "
+                                             "the memory diagnostics of MINT runs.")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", default="report", help="output folder (default: report)")
     report.add_argument("--block", type=int, default=200, help="images per point of the stream plots")
+    report.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the gain intervals")
     report.set_defaults(handler=_report)
     from .bench import ARCHS
 
@@ -173,6 +215,41 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     bench.add_argument("--json", help="also write the figures here")
     bench.set_defaults(handler=_bench)
+    demo = commands.add_parser("demo", help="every method on a synthetic distribution shift, no data or weights needed",
+                               description="Render shiftbench's shifted domains, run every method on them with the "
+                                           "shipped tiny CLIP (as `mintclip run`), and report the table and plots. "
+                                           "Re-running with the same settings resumes.")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--methods", help="comma-separated subset, e.g. zeroshot,tpt,mint (default: all)")
+    demo.add_argument("--samples", type=int, help="at most this many images per domain (default: all 200)")
+    demo.add_argument("--per-class", type=int, default=10, help="images rendered per class and domain")
+    demo.add_argument("--weights", help="another CLIP checkpoint (default: the shipped shiftbench model)")
+    demo.add_argument("--data", help="where the images go (default: <out>/data)")
+    demo.add_argument("--gpu", type=int)
+    demo.add_argument("--device")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(handler=_demo)
+    from .shiftbench.train import TrainConfig
+
+    train_defaults = TrainConfig()
+    shiftbench = commands.add_parser("shiftbench", help="the synthetic benchmark: render its images, train its CLIP")
+    tasks = shiftbench.add_subparsers(dest="task", required=True, metavar="TASK")
+    render = tasks.add_parser("render", help="write the domains as ImageFolder trees (read with --test_sets "
+                                             "folder:sketch/folder:rendition/...)")
+    render.add_argument("out")
+    render.add_argument("--domains", help="e.g. sketch/hard (default: source and the four shifted domains)")
+    render.add_argument("--per-class", type=int, default=25)
+    render.add_argument("--seed", type=int, default=1, help="1 and above are held out; training renders seed 0")
+    render.add_argument("--size", type=int, default=96)
+    render.set_defaults(handler=_shiftbench_render)
+    trainer = tasks.add_parser("train", help="train the tiny CLIP on the source style (reproduces the shipped one)")
+    trainer.add_argument("--out", default="shiftbench_vit_tiny.safetensors")
+    trainer.add_argument("--steps", type=int, default=train_defaults.steps)
+    trainer.add_argument("--batch", type=int, default=train_defaults.batch)
+    trainer.add_argument("--per-class", type=int, default=train_defaults.per_class)
+    trainer.add_argument("--seed", type=int, default=train_defaults.seed)
+    trainer.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    trainer.set_defaults(handler=_shiftbench_train)
     return parser
 
 

@@ -41,6 +41,17 @@ class Method(ABC):
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
         self.model: CLIP | None = None
+        self.skipped_updates = 0  # updates refused for a non-finite gradient; the engine records and resets it
+
+    def guarded_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """optimizer.step() unless a gradient is NaN or infinite (a non-finite loss gives such gradients);
+        then the step is skipped and counted, as a gradient scaler skips it, so no prompt, bank or
+        optimiser state of a later sample is poisoned. Costs one host synchronisation per step."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.skipped_updates += 1
+            return
+        optimizer.step()
 
     @property
     def views_per_image(self) -> int:

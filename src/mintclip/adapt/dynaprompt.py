@@ -401,7 +401,7 @@ class DynaPrompt(Method):
         rows = self.buffer.ctx[slots].clone().requires_grad_(True)
         optimizer = torch.optim.AdamW([rows], lr=cfg.lr, weight_decay=cfg.weight_decay)
         rows.grad = grad.to(rows.dtype)
-        optimizer.step()
+        self.guarded_step(optimizer)
         self.buffer.ctx[slots] = rows.detach()
 
     # -- state ---------------------------------------------------------------------------------------

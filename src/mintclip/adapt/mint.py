@@ -201,7 +201,7 @@ class MINT(Method):
                 loss = self.loss(logits, distance)
                 optimizer.zero_grad()
                 loss.backward()
-                optimizer.step()
+                self.guarded_step(optimizer)
         self._queries = queries
         return selected
 

@@ -130,7 +130,7 @@ class TPT(Method):
                 else:
                     grad, = torch.autograd.grad(loss, ctx)
                 ctx.grad = grad
-                optimizer.step()
+                self.guarded_step(optimizer)
                 ctx.grad = None
         if selected is None:  # steps == 0
             selected = torch.arange(0, device=image_features.device)
@@ -162,7 +162,7 @@ class TPT(Method):
                 loss = self.objective(logits[selected], text)
                 optimizer.zero_grad()
                 loss.backward()
-                optimizer.step()
+                self.guarded_step(optimizer)
         with torch.no_grad(), self.autocast():
             logits = self.logits(self.encode_views(views[:1]), self.learner.forward_padded())[0]
         self.reset()

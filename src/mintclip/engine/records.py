@@ -60,6 +60,7 @@ class RecordWriter:
     """Appends one JSON line per sample; `keep` records of an earlier run are kept, the rest dropped."""
 
     def __init__(self, path: Path, keep: int = 0) -> None:
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         kept = read_records(path)[:keep]
         atomic_write_bytes(path, b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in kept))

@@ -1,17 +1,35 @@
-"""Metrics from per-sample records, and the results table in the papers' layout (Markdown and CSV)."""
+"""Metrics from per-sample records, and the report over run folders that tells whether a gain is real.
+
+The report holds the papers' table (top-1, mean ± std over seeds), then each run's gain over zero-shot
+with a paired bootstrap interval. The gain is measured against the records' own `zeroshot` field (plain
+CLIP with "a photo of a {}." on view 0, same model, same image), so every run is paired with its own
+baseline and needs no zero-shot run. The accuracy table shows that baseline as a row "zero-shot (records)"
+only when no input run is the `zeroshot` method: that run is the same classifier, two rows of the same
+numbers under two names would only raise the question which one is right, and its gain row
+(+0.00 [+0.00, +0.00]) shows that they agree. Beside the tables: a bar chart of top-1, top-1 along the
+stream of online runs, and the memory diagnostics of runs that keep them (MINT).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import math
+import re
+import shutil
 import statistics
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image, ImageDraw
+import numpy as np
+
+from ..data import set_label
+from .plots import grouped_bar_chart_png, line_chart_png
+from .records import read_records
 
 
 @dataclass
@@ -49,10 +67,24 @@ def metrics(records: list[dict[str, Any]]) -> SetMetrics:
     return SetMetrics(n, len(records) - n, pct(top1), pct(top5), 100.0 * ece)
 
 
+def zeroshot_metrics(records: list[dict[str, Any]]) -> SetMetrics:
+    """Top-1 of the records' zero-shot predictions; they carry no probabilities, so top-5 and ECE are NaN."""
+    scored = [r for r in records if "zeroshot" in r]
+    top1 = 100.0 * sum(r["zeroshot"] == r["label"] for r in scored) / len(scored) if scored else 0.0
+    return SetMetrics(len(scored), len(records) - len(scored), top1, math.nan, math.nan)
+
+
 def mean_std(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def seed_averages(per_set: dict[str, list[SetMetrics]], sets: Sequence[str]) -> list[float]:
+    """The papers' "average" column: per seed that has every set, the mean top-1 over the sets."""
+    n_seeds = max((len(v) for v in per_set.values()), default=0)
+    return [statistics.mean(per_set[s][seed].top1 for s in sets) for seed in range(n_seeds)
+            if all(len(per_set.get(s, [])) > seed for s in sets)]
 
 
 def results_table(results: dict[str, dict[str, list[SetMetrics]]], sets: Sequence[str]) -> tuple[str, str]:
@@ -64,8 +96,7 @@ def results_table(results: dict[str, dict[str, list[SetMetrics]]], sets: Sequenc
     writer = csv.writer(out)
     writer.writerow(["method", "set", "seeds", "samples", "skipped", "top1", "top1_std", "top5", "ece"])
     for method, per_set in results.items():
-        cells, seed_averages = [], []
-        n_seeds = max(len(v) for v in per_set.values())
+        cells = []
         for s in sets:
             runs = per_set.get(s, [])
             cells.append(mean_std([m.top1 for m in runs]) if runs else "-")
@@ -75,11 +106,8 @@ def results_table(results: dict[str, dict[str, list[SetMetrics]]], sets: Sequenc
                                  f"{statistics.stdev(top1):.4f}" if len(runs) > 1 else "",
                                  f"{statistics.mean(m.top5 for m in runs):.4f}",
                                  f"{statistics.mean(m.ece for m in runs):.4f}"])
-        for seed in range(n_seeds):
-            seed_sets = [per_set[s][seed].top1 for s in sets if len(per_set.get(s, [])) > seed]
-            if len(seed_sets) == len(sets):
-                seed_averages.append(statistics.mean(seed_sets))
-        cells.append(mean_std(seed_averages) if seed_averages else "-")
+        averages = seed_averages(per_set, sets)
+        cells.append(mean_std(averages) if averages else "-")
         md.append("| " + " | ".join([method, *cells]) + " |")
     return "\n".join(md) + "\n", out.getvalue()
 
@@ -93,95 +121,207 @@ def details_table(method: str, per_set: dict[str, list[SetMetrics]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart_png(values: torch.Tensor, path: Path, title: str, width: int = 800, height: int = 320) -> None:
-    """A plain bar chart of a 1-D tensor, drawn with Pillow (no plotting dependency)."""
-    values = values.detach().float().cpu()
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, top, bottom = 50, 30, height - 30
-    peak = float(values.max()) if len(values) and float(values.max()) > 0 else 1.0
-    step = (width - left - 10) / max(len(values), 1)
-    for i, v in enumerate(values.tolist()):
-        x = left + i * step
-        draw.rectangle([x, bottom - (bottom - top) * v / peak, x + max(step - 1, 1), bottom], fill=(60, 110, 180))
-    draw.line([left, bottom, width - 10, bottom], fill="black")
-    draw.line([left, top, left, bottom], fill="black")
-    draw.text((left, 8), title, fill="black")
-    draw.text((5, top), f"{peak:g}", fill="black")
-    draw.text((5, bottom - 10), "0", fill="black")
-    draw.text((left, bottom + 8), f"{len(values)} entries", fill="black")
-    image.save(path)
-
-
 def stream_accuracy(records: list[dict[str, Any]], block: int = 200) -> list[float]:
     """Top-1 (%) of consecutive blocks of scored samples, in stream order: prompt collapse shows as a decline."""
     hits = [r["top5"][0][0] == r["label"] for r in records if "skipped" not in r]
     return [100.0 * sum(hits[i:i + block]) / len(hits[i:i + block]) for i in range(0, len(hits), block)]
 
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+def paired_differences(per_seed: list[list[dict[str, Any]]]) -> np.ndarray:
+    """Per sample (by index, in index order) that some seed scored: the run's correctness averaged over
+    its seeds minus zero-shot's. Skipped samples have no `zeroshot` and drop out."""
+    total: dict[int, int] = {}
+    seeds: dict[int, int] = {}
+    for records in per_seed:
+        for r in records:
+            if "zeroshot" in r:
+                i = r["index"]
+                total[i] = total.get(i, 0) + (r["top5"][0][0] == r["label"]) - (r["zeroshot"] == r["label"])
+                seeds[i] = seeds.get(i, 0) + 1
+    return np.array([total[i] / seeds[i] for i in sorted(total)], dtype=np.float64)
 
 
-def line_chart_png(series: dict[str, list[float]], path: Path, title: str, x_label: str,
-                   width: int = 800, height: int = 360) -> None:
-    """Lines of accuracy (%) against block number, one per run, drawn with Pillow."""
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, right, top, bottom = 50, width - 170, 30, height - 35
-    values = [v for line in series.values() for v in line] or [0.0]
-    low, high = min(values), max(values)
-    low, high = (low - 1, high + 1) if high - low < 1e-9 else (low, high)
-    longest = max((len(line) for line in series.values()), default=1)
-    x_of = lambda i: left + (right - left) * (i / max(longest - 1, 1))  # noqa: E731
-    y_of = lambda v: bottom - (bottom - top) * (v - low) / (high - low)  # noqa: E731
-    draw.line([left, bottom, right, bottom], fill="black")
-    draw.line([left, top, left, bottom], fill="black")
-    for i, (label, line) in enumerate(series.items()):
-        color = PALETTE[i % len(PALETTE)]
-        points = [(x_of(j), y_of(v)) for j, v in enumerate(line)]
-        if len(points) > 1:
-            draw.line(points, fill=color, width=2)
-        for x, y in points:
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
-        draw.text((right + 10, top + 14 * i), label[:26], fill=color)
-    draw.text((left, 8), title, fill="black")
-    draw.text((5, top), f"{high:.1f}", fill="black")
-    draw.text((5, bottom - 10), f"{low:.1f}", fill="black")
-    draw.text((left, bottom + 10), x_label, fill="black")
-    image.save(path)
+def bootstrap_means(values: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """`draws` means of `values` resampled with replacement. A resample only changes how often each
+    distinct value is drawn, and paired differences take a handful of values (k/seeds - 0 or 1), so
+    drawing those counts from a multinomial is the index bootstrap at a cost independent of the samples."""
+    distinct, counts = np.unique(values, return_counts=True)
+    drawn = np.random.default_rng(seed).multinomial(len(values), counts / len(values), size=draws)
+    return drawn @ distinct / len(values)
 
 
-def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200) -> str:
-    """The papers' table over several run folders (one row per run), and per set the accuracy along the
-    stream for every run; returns the Markdown table. Streams use each run's first seed."""
-    import json
+@dataclass
+class Gain:
+    samples: int
+    gain: float  # top-1 points over zero-shot
+    low: float  # the 95% percentile interval
+    high: float
+    draws: np.ndarray  # the bootstrap gains, for the average over sets
 
-    from ..data import set_label
-    from .records import read_records
 
-    results: dict[str, dict[str, list[SetMetrics]]] = {}
-    streams: dict[str, dict[str, list[float]]] = {}
-    sets: list[str] = []
+def with_interval(samples: int, gain: float, draws: np.ndarray) -> Gain:
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Gain(samples, gain, float(low), float(high), draws)
+
+
+def gains_over_zeroshot(per_set: dict[str, list[list[dict[str, Any]]]], sets: Sequence[str],
+                        bootstrap: int) -> dict[str, Gain]:
+    """Per set with paired samples, and "average" when every set has them: the gain with its paired
+    bootstrap interval. The average resamples each set on its own (stratified) and averages the gains,
+    as the accuracy table averages sets. Each set's generator is seeded by its name: a run's interval does
+    not depend on the other runs of the report, and sets draw independently."""
+    gains = {}
+    for s in sets:
+        differences = paired_differences(per_set.get(s, []))
+        if len(differences):
+            draws = 100 * bootstrap_means(differences, bootstrap, zlib.crc32(s.encode()))
+            gains[s] = with_interval(len(differences), 100 * float(differences.mean()), draws)
+    if gains and len(gains) == len(sets):
+        parts = list(gains.values())
+        gains["average"] = with_interval(sum(g.samples for g in parts), statistics.mean(g.gain for g in parts),
+                                         np.mean([g.draws for g in parts], axis=0))
+    return gains
+
+
+def points(x: float) -> str:
+    """Signed top-1 points; a tiny negative prints as +0.00, not -0.00."""
+    return f"{x:+.2f}".replace("-0.00", "+0.00")
+
+
+def gains_table(gains: dict[str, dict[str, Gain]], sets: Sequence[str]) -> tuple[str, str]:
+    """(Markdown, CSV) of gains: cells `+3.20 [+1.10, +5.30]`, bold where the interval as printed excludes 0."""
+    columns = [*sets, "average"]
+    md = ["| " + " | ".join(["method", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["run", "set", "samples", "gain", "ci_low", "ci_high"])
+    for label, per_set in gains.items():
+        cells = []
+        for s in columns:
+            g = per_set.get(s)
+            cell = f"{points(g.gain)} [{points(g.low)}, {points(g.high)}]" if g else "-"
+            cells.append(f"**{cell}**" if g and (round(g.low, 2) > 0 or round(g.high, 2) < 0) else cell)
+            if g:
+                writer.writerow([label, s, g.samples, f"{g.gain:.4f}", f"{g.low:.4f}", f"{g.high:.4f}"])
+        md.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(md) + "\n", out.getvalue()
+
+
+@dataclass
+class Run:
+    label: str  # the method, or "method (folder)" when another input already has that name
+    folder: Path
+    config: dict[str, Any]
+    records: dict[str, list[list[dict[str, Any]]]]  # set label -> the records of each seed that has some
+
+
+def load_runs(run_dirs: Sequence[Path]) -> list[Run]:
+    runs: list[Run] = []
     for folder in run_dirs:
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder}: not a mintclip run folder (no config.json)")
         config = json.loads(config_path.read_text())
         label = config["method"]["name"]
-        label = label if label not in results else f"{label} ({folder.name})"
-        results[label] = {}
-        for set_id in map(set_label, config["run"]["test_sets"]):
-            sets += [] if set_id in sets else [set_id]
-            per_seed = [read_records(folder / f"seed{seed}" / set_id / "records.jsonl") for seed in config["run"]["seeds"]]
-            results[label][set_id] = [metrics(records) for records in per_seed if records]
-            if per_seed and per_seed[0]:
-                streams.setdefault(set_id, {})[label] = stream_accuracy(per_seed[0], block)
+        label = f"{label} ({folder.name})" if label in [r.label for r in runs] else label
+        per_set = {}
+        for name in map(set_label, config["run"]["test_sets"]):
+            per_seed = [read_records(folder / f"seed{k}" / name / "records.jsonl") for k in config["run"]["seeds"]]
+            per_set[name] = [records for records in per_seed if records]
+        runs.append(Run(label, folder, config, per_set))
+    return runs
+
+
+def zeroshot_reference(runs: list[Run]) -> tuple[dict[str, list[SetMetrics]], list[str]]:
+    """Per set, the records' zero-shot top-1 (per seed) of the first run that has the set, and the sets on
+    which runs disagree about it (other weights, precision or samples): there one reference misleads."""
+    reference: dict[str, list[SetMetrics]] = {}
+    disagree: list[str] = []
+    for run in runs:
+        for s, per_seed in run.records.items():
+            zs = [m for m in map(zeroshot_metrics, per_seed) if m.samples]
+            if not zs:
+                continue
+            if s not in reference:
+                reference[s] = zs
+            elif abs(statistics.mean(m.top1 for m in zs) - statistics.mean(m.top1 for m in reference[s])) >= 0.005:
+                disagree += [] if s in disagree else [s]
+    return reference, disagree
+
+
+def memory_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
+    """Per run that keeps diagnostics (MINT's bank), its first seed's numbers per set, and its usage
+    histograms copied into the report as usage_<run>_<set>.png; returns (Markdown, files written)."""
+    blocks: list[str] = []
+    files: list[str] = []
+    for run in runs:
+        first_seed = run.folder / f"seed{run.config['run']['seeds'][0]}"
+        numbers = {s: json.loads((first_seed / s / "diagnostics.json").read_text()) for s in run.records
+                   if (first_seed / s / "diagnostics.json").is_file()}
+        if not numbers:
+            continue
+        keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
+        lines = [f"### {run.label}", "", "| set | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for s, n in numbers.items():
+            values = [f"{n[k]:.4f}" if isinstance(n.get(k), float) else str(n.get(k, "-")) for k in keys]
+            lines.append(f"| {s} | " + " | ".join(values) + " |")
+            if (first_seed / s / "usage.png").is_file():
+                files.append(f"usage_{re.sub(r'[^A-Za-z0-9_.-]+', '_', run.label).strip('_')}_{s}.png")
+                shutil.copyfile(first_seed / s / "usage.png", out / files[-1])
+        blocks.append("\n".join(lines) + "\n")
+    return ("## Memory diagnostics (first seed)\n\n" + "\n".join(blocks) if blocks else ""), files
+
+
+def accuracy_chart(results: dict[str, dict[str, list[SetMetrics]]], sets: list[str], path: Path) -> None:
+    """Grouped bars of the accuracy table: mean top-1 per set and the average, seed std as error bars."""
+    series = {}
+    for label, per_set in results.items():
+        columns = [[m.top1 for m in per_set.get(s, [])] for s in sets] + [seed_averages(per_set, sets)]
+        series[label] = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else None) if v else None
+                         for v in columns]
+    grouped_bar_chart_png([*sets, "average"], series, path, "Top-1 accuracy per test set, mean over seeds "
+                          "(error bars: ± std)", "test set", "top-1 (%)")
+
+
+def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap: int = 2000) -> str:
+    """Combine run folders into summary.md (returned), summary.csv, gains.csv and the plots listed at the
+    end of summary.md. A set a run names but has no records for yet shows "-"."""
+    runs = load_runs(run_dirs)
+    sets = list(dict.fromkeys(s for run in runs for s in run.records))
+    results = {run.label: {s: [metrics(r) for r in per_seed] for s, per_seed in run.records.items()} for run in runs}
+    reference, disagree = zeroshot_reference(runs)
+    if all(run.config["method"]["name"] != "zeroshot" for run in runs) and reference:
+        results = {"zero-shot (records)": reference, **results}
+    gains = {run.label: gains_over_zeroshot(run.records, sets, bootstrap) for run in runs}
     out.mkdir(parents=True, exist_ok=True)
-    markdown, table = results_table(results, sets)
-    (out / "summary.md").write_text(f"Top-1 accuracy (%)\n\n{markdown}")
-    (out / "summary.csv").write_text(table)
-    for set_id, series in streams.items():
-        line_chart_png(series, out / f"stream_{set_id}.png", f"{set_id}: top-1 (%) per block of {block} images",
-                       "stream position")
+    accuracy, accuracy_csv = results_table(results, sets)
+    gain, gain_csv = gains_table(gains, sets)
+    memory, usage_files = memory_section(runs, out)
+    accuracy_chart(results, sets, out / "accuracy.png")
+    files = ["summary.md", "summary.csv", "gains.csv", "accuracy.png"]
+    for s in sets:
+        streams = {run.label: stream_accuracy(run.records[s][0], block) for run in runs
+                   if run.config["method"]["online"] and run.records.get(s)}
+        if streams:
+            files.append(f"stream_{s}.png")
+            line_chart_png(streams, out / files[-1], f"{s}: top-1 (%) per block of {block} images, first seed",
+                           "stream position")
+    runs_table = "".join(f"| {run.label} | {run.folder} | {' '.join(map(str, run.config['run']['seeds']))} | "
+                         f"{run.config['run'].get('weights', '-')} |\n" for run in runs)
+    note = (f"\nZero-shot accuracy differs between runs on {', '.join(disagree)} (other weights, precision or "
+            "samples): each gain is against its own run's zero-shot.\n" if disagree else "")
+    sections = [
+        f"# mintclip report\n\n| run | folder | seeds | weights |\n|---|---|---|---|\n{runs_table}",
+        f"## Top-1 accuracy (%), mean ± std over seeds\n\n{accuracy}",
+        f"## Gain over zero-shot (top-1 points), mean [95% CI], paired bootstrap over samples, B={bootstrap}\n\n"
+        "Per sample, the run's correctness averaged over its seeds minus that of zero-shot CLIP on the same image "
+        "(the records' `zeroshot`); the average column resamples each set on its own. **Bold**: the interval "
+        f"excludes 0.\n\n{gain}{note}",
+        memory,
+        "## Files\n\n" + "".join(f"- {name}\n" for name in [*files, *usage_files]),
+    ]
+    markdown = "\n".join(section for section in sections if section)
+    (out / "summary.md").write_text(markdown)
+    (out / "summary.csv").write_text(accuracy_csv)
+    (out / "gains.csv").write_text(gain_csv)
     return markdown

@@ -28,7 +28,8 @@ from ..data import (ImageDataset, ViewMaker, min_side_for, open_dataset, resolve
                     stream_images)
 from ..model import CLIP, load_clip
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
-from .report import bar_chart_png, details_table, line_chart_png, metrics, results_table, stream_accuracy
+from .plots import bar_chart_png, line_chart_png
+from .report import details_table, metrics, results_table, stream_accuracy
 
 
 class RunError(ValueError):
@@ -226,30 +227,39 @@ def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order:
                       mean=preprocess.mean, std=preprocess.std, device=device, interpolation=preprocess.interpolation)
     zeroshot_text = encode_class_prompts(model, dataset.classnames, ["a photo of a {}."])
     correct = scored = 0
+    timing_path = writer.path.parent / "timing.json"  # kept out of the records, so that records are reproducible
+    timing = json.loads(timing_path.read_text()) if start and timing_path.is_file() else {"images": 0, "seconds": 0.0}
     bar = tqdm(total=len(order), initial=start, desc=f"{method.name} {dataset.set_id}", disable=not config.progress,
                unit="img", dynamic_ncols=True)
     for position, item in enumerate(stream_images(dataset, order[start:], config.workers,
                                                   min_side_for(preprocess.image_size)), start=start):
+        sample = {"index": item.index, "path": item.path, "label": item.label}
         if item.image is None:
-            writer.write({"index": item.index, "path": item.path, "label": item.label, "skipped": item.skip_reason})
+            writer.write({**sample, "skipped": item.skip_reason})
         else:
             began = time.perf_counter()
             views = maker(item.image.to(device), seed, item.index)
+            method.skipped_updates = 0
             logits = method.predict(views).float()
             with torch.no_grad(), autocast_for(device, method.config.precision):
                 view0 = F.normalize(model.encode_image(views[:1]).float(), dim=-1)
-            probs = logits.softmax(-1)
-            top = probs.topk(min(5, probs.shape[-1]))
-            record = {"index": item.index, "path": item.path, "label": item.label,
-                      "top5": [[int(c), round(float(p), 6)] for p, c in zip(top.values, top.indices)],
-                      "zeroshot": int((view0 @ zeroshot_text.T).argmax()), "seconds": round(time.perf_counter() - began, 4)}
-            writer.write(record)
-            scored += 1
-            correct += record["top5"][0][0] == item.label
-            bar.set_postfix(top1=f"{100 * correct / scored:.2f}")
+            skips = {"skipped_updates": method.skipped_updates} if method.skipped_updates else {}
+            if not bool(torch.isfinite(logits).all()):
+                writer.write({**sample, "skipped": "non-finite logits", **skips})
+            else:
+                top = logits.softmax(-1).topk(min(5, logits.shape[-1]))
+                record = {**sample, "top5": [[int(c), round(float(p), 6)] for p, c in zip(top.values, top.indices)],
+                          "zeroshot": int((view0 @ zeroshot_text.T).argmax()), **skips}
+                writer.write(record)
+                scored += 1
+                correct += record["top5"][0][0] == item.label
+                bar.set_postfix(top1=f"{100 * correct / scored:.2f}")
+            timing["images"] += 1
+            timing["seconds"] += time.perf_counter() - began
         bar.update()
         if method.online and (position + 1) % config.save_every == 0:
             writer.sync()
             save_state(position + 1)
     bar.close()
     writer.sync()
+    atomic_write_json(timing_path, {**timing, "images_per_second": timing["images"] / max(timing["seconds"], 1e-9)})

@@ -150,9 +150,11 @@ def load_clip(path: str | Path, device: str | torch.device = "cpu", *, act: str 
     return model.eval().requires_grad_(False).to(device), Tokenizer(context_length=config.text.context_length)
 
 
-def save_clip(model: CLIP, path: str | Path) -> None:
-    """safetensors in the OpenAI layout, with the full config (activation, preprocessing) in its metadata."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def save_clip(model: CLIP, path: str | Path, dtype: torch.dtype | None = None) -> None:
+    """safetensors in the OpenAI layout, with the full config (activation, preprocessing) in its metadata;
+    dtype=torch.float16 halves the file (floating tensors only; loading widens them back to fp32)."""
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt", "mintclip_config": json.dumps(model.config.to_dict())})
 
 

@@ -1,0 +1,205 @@
+"""shiftbench's tiny CLIP: contrastive image-caption training on the source style only.
+
+The model is a real CLIP in mintclip's own checkpoint layout (the real BPE tokenizer and its full
+vocabulary, a small ViT), so every method and every loading path runs on it unchanged. It never sees a
+shifted domain: the shifts at test time are as new to it as ImageNet-R is to OpenAI's CLIP.
+Reproducible: the images come from `image_rng(seed, ...)`, the captions, crops and batches from
+generators seeded by `TrainConfig.seed`; with the same thread count the same weights come out.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..adapt.prompts import encode_class_prompts, get_tokenizer
+from ..data.views import centre_view, image_to_tensor
+from ..model import CLIP, CLIPConfig, Preprocess, TextConfig, VisionConfig, save_clip
+from .render import CLASSES, DOMAINS, Scene, caption, image_rng, render
+
+CHECKPOINT = "shiftbench_vit_tiny.safetensors"  # in mintclip/assets
+IMAGE_SIZE = 48  # the model's input
+DATA_SIZE = 96  # the images the demo writes, resized to IMAGE_SIZE by the usual preprocessing
+HELD_OUT_SEED = 1  # training renders with TrainConfig.seed (0); every evaluation with seeds >= 1
+
+
+def shiftbench_config() -> CLIPConfig:
+    """ViT width 128, 6 blocks, 6x6 patches of 8 px; text width 64, 4 layers; 64-d joint space."""
+    vision = VisionConfig("vit", width=128, layers=6, heads=2, image_size=IMAGE_SIZE, patch_size=8)
+    return CLIPConfig(embed_dim=64, vision=vision, text=TextConfig(width=64, layers=4, heads=1), act="gelu",
+                      preprocess=Preprocess(IMAGE_SIZE))
+
+
+def shipped_checkpoint() -> Path:
+    return Path(str(resources.files("mintclip.assets") / CHECKPOINT))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 6000
+    batch: int = 96
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 200
+    per_class: int = 1200  # training images per class, rendered once, re-cropped every epoch
+    render_size: int = 64  # crops of these are resized to the model's 48 px
+    min_crop: float = 0.7  # random resized crops cover 70-100% of the image
+    plain_share: float = 0.5  # captions naming only the class ("a photo of a star."); the rest add attributes
+    seed: int = 0
+    eval_every: int = 500
+    eval_per_class: int = 10
+
+
+def _render_source(job: tuple[int, int, int, int]) -> tuple[np.ndarray, Scene]:
+    seed, label, index, size = job
+    image, scene = render(label, "source", image_rng(seed, "source", label, index), size)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8), scene
+
+
+def render_training_set(per_class: int, seed: int, size: int, workers: int | None = None) -> tuple[Tensor, list[Scene]]:
+    """Source-style images uint8 (N, 3, size, size) and their scenes, rendered in parallel processes."""
+    jobs = [(seed, label, index, size) for label in range(len(CLASSES)) for index in range(per_class)]
+    with Pool(workers or os.cpu_count() or 1) as pool:
+        rendered = pool.map(_render_source, jobs, chunksize=64)
+    images = torch.from_numpy(np.stack([array for array, _ in rendered])).permute(0, 3, 1, 2).contiguous()
+    return images, [scene for _, scene in rendered]
+
+
+def init_for_training(model: CLIP) -> None:
+    """OpenAI's initialisation (CLIP `initialize_parameters`) for both towers, biases zero. The model's own
+    construction is meant for loading weights: its default Linear biases would outweigh the 0.02-scale
+    token embeddings, so every caption would start with the same features and learning would stall."""
+    for tower in (model.visual, model.text):
+        width, layers = tower.transformer.resblocks[0].ln_1.normalized_shape[0], len(tower.blocks)
+        proj_std, attn_std, fc_std = width**-0.5 * (2 * layers) ** -0.5, width**-0.5, (2 * width) ** -0.5
+        for block in tower.blocks:
+            torch.nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            torch.nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            torch.nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            torch.nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+    torch.nn.init.normal_(model.text.text_projection, std=model.config.text.width**-0.5)
+
+
+PLAIN_TEMPLATES = ("a photo of a {}.", "a {}.", "the {}.", "a picture of a {}.", "an image of a {}.")
+
+
+def training_caption(scene: Scene, plain_share: float, rng: np.random.Generator) -> str:
+    """Half the captions name only the class, so a ViT this small learns shapes before it runs out of
+    time; the others describe colour, size, position, fill and background too."""
+    if rng.random() < plain_share:
+        return PLAIN_TEMPLATES[rng.integers(len(PLAIN_TEMPLATES))].format(CLASSES[scene.label])
+    return caption(scene, rng)
+
+
+def normalise(images: Tensor, preprocess: Preprocess) -> Tensor:
+    """uint8 or [0, 1] float (B, 3, S, S) -> CLIP's normalised input."""
+    images = images.float() / 255 if images.dtype == torch.uint8 else images
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def random_resized_crops(images: Tensor, size: int, min_scale: float, generator: torch.Generator) -> Tensor:
+    """uint8 (B, 3, S, S) -> float [0, 1] (B, 3, size, size): a crop of min_scale..1 of the area, aspect
+    3/4..4/3, flipped half the time; the training-time cousin of the test-time views."""
+    batch, _, height, width = images.shape
+    out = torch.empty(batch, 3, size, size)
+    scale = min_scale + (1 - min_scale) * torch.rand(batch, generator=generator)
+    log_ratio = (torch.rand(batch, generator=generator) - 0.5) * 2 * math.log(4 / 3)
+    flip = torch.rand(batch, generator=generator) < 0.5
+    corner = torch.rand(batch, 2, generator=generator)
+    for i in range(batch):
+        area, ratio = scale[i] * height * width, math.exp(log_ratio[i])
+        w = min(width, max(1, round(math.sqrt(area * ratio))))
+        h = min(height, max(1, round(math.sqrt(area / ratio))))
+        top, left = int(corner[i, 0] * (height - h + 1)), int(corner[i, 1] * (width - w + 1))
+        crop = images[i:i + 1, :, top:top + h, left:left + w].float() / 255
+        crop = F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        out[i] = crop[0].flip(-1) if flip[i] else crop[0]
+    return out.clamp(0, 1)
+
+
+def held_out_views(domain: str, per_class: int, seed: int = HELD_OUT_SEED) -> tuple[Tensor, Tensor]:
+    """Images as the demo writes them (96 px), through view 0's preprocessing: (N, 3, 48, 48), labels (N,)."""
+    views, labels = [], []
+    for label in range(len(CLASSES)):
+        for index in range(per_class):
+            image, _ = render(label, domain, image_rng(seed, domain, label, index), DATA_SIZE)
+            views.append(centre_view(image_to_tensor(image).float() / 255, IMAGE_SIZE))
+            labels.append(label)
+    return normalise(torch.stack(views), shiftbench_config().preprocess), torch.tensor(labels)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: CLIP, views: Tensor, labels: Tensor) -> float:
+    """Top-1 (%) of "a photo of a {}." over shiftbench's classes."""
+    text = encode_class_prompts(model, list(CLASSES), ["a photo of a {}."])
+    image = F.normalize(model.encode_image(views.to(model.device)).float(), dim=-1)
+    return 100.0 * float(((image @ text.T).argmax(-1).cpu() == labels).float().mean())
+
+
+def contrastive_loss(model: CLIP, images: Tensor, tokens: Tensor, same_caption: Tensor) -> Tensor:
+    """CLIP's symmetric cross-entropy; a caption that occurs twice in the batch has two positives."""
+    logits = model(images, tokens)  # (B, B)
+    targets = same_caption.float() / same_caption.sum(-1, keepdim=True)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def train(config: TrainConfig, out: str | Path | None = None, log: Callable[[str], None] = print) -> CLIP:
+    """Train from scratch; writes the checkpoint (fp16 safetensors) to `out` when given."""
+    torch.manual_seed(config.seed)
+    model = CLIP(shiftbench_config())
+    init_for_training(model)
+    tokenizer = get_tokenizer(model.config.text.context_length)
+    began = time.perf_counter()
+    images, scenes = render_training_set(config.per_class, config.seed, config.render_size)
+    log(f"rendered {len(images)} source images in {time.perf_counter() - began:.0f} s")
+    checks = {domain: held_out_views(domain, config.eval_per_class) for domain in DOMAINS}
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    other = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": other, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / config.warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, step / config.steps))))
+    generator = torch.Generator().manual_seed(config.seed)
+    caption_rng = np.random.default_rng(config.seed)
+    for step in range(1, config.steps + 1):
+        model.train()
+        batch = torch.randint(len(images), (config.batch,), generator=generator)
+        crops = normalise(random_resized_crops(images[batch], IMAGE_SIZE, config.min_crop, generator),
+                          model.config.preprocess)
+        captions = [training_caption(scenes[i], config.plain_share, caption_rng) for i in batch.tolist()]
+        same = torch.tensor([[a == b for b in captions] for a in captions])
+        loss = contrastive_loss(model, crops, tokenizer(captions), same)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % config.eval_every == 0 or step == config.steps:
+            model.eval()
+            accuracy = "  ".join(f"{d} {zero_shot_accuracy(model, *checks[d]):.1f}" for d in DOMAINS)
+            log(f"step {step}/{config.steps}  loss {loss.item():.3f}  scale {model.logit_scale.exp().item():.1f}  "
+                f"zero-shot %: {accuracy}  ({time.perf_counter() - began:.0f} s)")
+            if out is not None:  # a long run that is stopped still leaves its latest weights
+                save_clip(model, out, dtype=torch.float16)
+    model.eval().requires_grad_(False)
+    if out is not None:
+        log(f"wrote {out} ({Path(out).stat().st_size / 2**20:.1f} MiB)")
+    return model
