@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from collections.abc import Sequence
 
 from . import __version__
 from .data.catalog import SET_IDS, DatasetError, check_data
 from .engine import RunConfig, RunError, run
+from .engine.distributed import Shard
 from .model import CheckpointError, inspect_checkpoint
+
+
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # disk full, quota, read-only, denied
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -80,6 +85,8 @@ def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets
                        act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
                        resume=args.resume, progress=not args.no_progress)
     run(config)
+    if Shard.from_env().rank != 0:  # under torchrun, rank 0 speaks for the job
+        return 0
     out = config.out
     print(open(f"{out}/summary.md", encoding="utf-8").read())
     print(f"wrote {out}/summary.md, {out}/summary.csv, {out}/config.json and per-sample records under {out}/seed*/")
@@ -259,6 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (CheckpointError, DatasetError, RunError) as e:
         print(f"mintclip: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in WRITE_FAILURES:
+            raise
+        print(f"mintclip: error: cannot write {e.filename or 'the output'}: {e.strerror}; everything written before "
+              "is kept, so free space (or fix the folder) and rerun with --resume", file=sys.stderr)
         return 2
 
 

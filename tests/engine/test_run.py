@@ -158,6 +158,35 @@ def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
     assert "holds a different run" in capsys.readouterr().err
 
 
+def test_an_output_folder_that_cannot_be_written_fails_first(tree, checkpoint, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    assert main(run_args(tree, checkpoint, tmp_path / "a_file" / "out", "zeroshot")) == 2
+    assert "cannot write the run's output there" in capsys.readouterr().err
+
+
+def test_a_full_disk_is_one_line_and_resume_finishes_the_run(tree, checkpoint, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from mintclip.engine.records import RecordWriter
+
+    write = RecordWriter.write
+
+    def fill_up(self, record):
+        if len(read_records(self.path)) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        write(self, record)
+
+    monkeypatch.setattr(RecordWriter, "write", fill_up)
+    assert main(run_args(tree, checkpoint, tmp_path / "out", "zeroshot")) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "--resume" in err and err.count("\n") == 1
+    assert len(read_records(tmp_path / "out" / "seed0" / "folder" / "records.jsonl")) == 5
+    monkeypatch.setattr(RecordWriter, "write", write)
+    assert main(run_args(tree, checkpoint, tmp_path / "out", "zeroshot", "--resume")) == 0
+    assert main(run_args(tree, checkpoint, tmp_path / "whole", "zeroshot")) == 0
+    assert comparable(tmp_path / "out") == comparable(tmp_path / "whole")
+
+
 def test_seeds_give_mean_and_std(tree, checkpoint, tmp_path):
     out = tmp_path / "seeds"
     assert main(run_args(tree, checkpoint, out, "zeroshot", "--seeds", "0", "1")) == 0

@@ -56,14 +56,18 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def encode_records(records: list[dict[str, Any]]) -> bytes:
+    """JSONL exactly as RecordWriter writes it line by line."""
+    return b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in records)
+
+
 class RecordWriter:
     """Appends one JSON line per sample; `keep` records of an earlier run are kept, the rest dropped."""
 
     def __init__(self, path: Path, keep: int = 0) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = read_records(path)[:keep]
-        atomic_write_bytes(path, b"".join(json.dumps(r, sort_keys=True).encode() + b"\n" for r in kept))
+        atomic_write_bytes(path, encode_records(read_records(path)[:keep]))
         self.file = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:

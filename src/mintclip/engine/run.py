@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..adapt.prompts import encode_class_prompts
 from ..data import (ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, set_label,
                     stream_images)
 from ..model import CLIP, load_clip
+from .distributed import Shard, merge_shards, shard_path
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
 from .plots import bar_chart_png, line_chart_png
 from .report import details_table, metrics, results_table, stream_accuracy
@@ -92,12 +94,23 @@ def prepare(config: RunConfig) -> Prepared:
                            "settings")
     elif config.resume and out.exists() and any(out.iterdir()):
         raise RunError(f"{out}: --resume, but it has no config.json of a mintclip run")
+    check_writable(out)
     model, _ = load_clip(config.weights, device=config.device, act=config.act)
     try:
         method.check(model)
     except ValueError as e:
         raise RunError(str(e)) from None
     return Prepared(model, method, datasets)
+
+
+def check_writable(out: Path) -> None:
+    """An output folder that cannot be written fails here, before any image, in one line."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise RunError(f"{out}: cannot write the run's output there ({e.strerror or e})") from None
 
 
 def resolved_config(config: RunConfig, prepared: Prepared) -> dict[str, Any]:
@@ -139,57 +152,110 @@ def stream_order(n: int, seed: int, limit: int | None) -> list[int]:
 
 
 def run(config: RunConfig) -> dict[str, list]:
-    """Run every seed over every set; returns {set: [SetMetrics per seed]} and writes the summary."""
+    """Run every seed over every set; returns {set: [SetMetrics per seed]} and writes the summary.
+    Under torchrun the processes share the work (see distributed.py) and rank 0 writes the summary."""
+    shard = Shard.from_env()
+    config.device = shard.device(config.device)
+    config.progress = config.progress and shard.rank == 0
+    created = shard.start(config.device)
+    try:
+        return _run(config, shard)
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+
+
+def _run(config: RunConfig, shard: Shard) -> dict[str, list]:
     prepared = prepare(config)
     out = Path(config.out)
-    atomic_write_json(out / "config.json", resolved_config(config, prepared))
-    if config.progress:
+    shard.barrier()  # every process has checked the output folder before rank 0 claims it
+    if shard.rank == 0:
+        atomic_write_json(out / "config.json", resolved_config(config, prepared))
+    if config.progress and shard.rank == 0:
         print(describe(config, prepared), file=sys.stderr)
+    for seed in config.seeds:
+        if prepared.method.online:
+            run_seed(config, prepared, seed, out / f"seed{seed}", shard.online_sets(config.test_sets), shard)
+        else:
+            for set_id in config.test_sets:
+                run_episodic_set(config, prepared, seed, out / f"seed{seed}", set_id, shard)
+    shard.barrier()
     results: dict[str, list] = {s: [] for s in config.test_sets}
     for seed in config.seeds:
-        run_seed(config, prepared, seed, out / f"seed{seed}")
         for set_id in config.test_sets:
             results[set_id].append(metrics(read_records(out / f"seed{seed}" / set_label(set_id) / "records.jsonl")))
-    by_label = {set_label(s): runs for s, runs in results.items()}
-    markdown, table = results_table({prepared.method.name: by_label}, list(by_label))
-    details = details_table(prepared.method.name, by_label)
-    notes = "".join(f"- {note}\n" for note in prepared.method.notes())
-    (out / "summary.md").write_text(f"Top-1 accuracy (%), {len(config.seeds)} seed(s)\n\n{markdown}\n"
-                                    f"Per set (%; ECE with 20 bins)\n\n{details}" + (f"\n{notes}" if notes else ""))
-    (out / "summary.csv").write_text(table)
+    if shard.rank == 0:
+        write_summary(config, prepared, results, shard)
+    shard.barrier()
     return results
 
 
-def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> None:
-    """One stream through the sets in order; an online method's state flows from set to set.
+def write_summary(config: RunConfig, prepared: Prepared, results: dict[str, list], shard: Shard) -> None:
+    out = Path(config.out)
+    by_label = {set_label(s): runs for s, runs in results.items()}
+    markdown, table = results_table({prepared.method.name: by_label}, list(by_label))
+    details = details_table(prepared.method.name, by_label)
+    notes = [*prepared.method.notes()]
+    if shard.sharded and prepared.method.online:
+        notes.append(f"online method over {shard.world} processes: each took whole sets (set i to process i mod "
+                     f"{shard.world}), and its state flowed only between its own sets")
+    listed = "".join(f"- {note}\n" for note in notes)
+    (out / "summary.md").write_text(f"Top-1 accuracy (%), {len(config.seeds)} seed(s)\n\n{markdown}\n"
+                                    f"Per set (%; ECE with 20 bins)\n\n{details}" + (f"\n{listed}" if listed else ""))
+    (out / "summary.csv").write_text(table)
 
-    On resume an online method restarts from its last saved state: state saved between sets is loaded
-    before the next set's `setup` (as it was held then), state saved within a set after it."""
+
+def run_episodic_set(config: RunConfig, prepared: Prepared, seed: int, folder: Path, set_id: str,
+                     shard: Shard) -> None:
+    """One set of an episodic method; this process takes positions rank, rank + N, ... of the stream.
+    Resume continues each process's own records where they stop."""
+    dataset = prepared.datasets[set_id]
+    records_path = folder / set_label(set_id) / "records.jsonl"
+    order = stream_order(len(dataset), seed, config.limit)
+    if config.resume and len(read_records(records_path)) >= len(order):
+        return
+    mine = order[shard.rank::shard.world]
+    shard_records = shard_path(records_path, shard)
+    start = min(len(read_records(shard_records)), len(mine)) if config.resume else 0
+    if start < len(mine):
+        prepared.method.setup(prepared.model, dataset.classnames, set_id)
+        writer = RecordWriter(shard_records, keep=start)
+        try:
+            run_set(config, prepared, dataset, mine, start, seed, writer, lambda position: None)
+        finally:
+            writer.close()
+    shard.barrier()
+    if shard.sharded and shard.rank == 0:
+        merge_shards(records_path, shard.world, len(order))
+    shard.barrier()
+
+
+def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path, sets: list[str], shard: Shard) -> None:
+    """One stream of an online method through `sets` in order; its state flows from set to set.
+
+    On resume it restarts from its last saved state: state saved between sets is loaded before the
+    next set's `setup` (as it was held then), state saved within a set after it."""
     method = prepared.method
-    checkpoint_path = folder / "state.pt"
+    checkpoint_path = folder / f"state{shard.suffix}.pt"
     checkpoint = {"finished": [], "set": None, "position": 0, "state": {}}
     if config.resume and checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    pending_state = method.online and config.resume and checkpoint_path.is_file()
-    for set_id in config.test_sets:
+    pending_state = config.resume and checkpoint_path.is_file()
+    for set_id in sets:
         dataset = prepared.datasets[set_id]
         records_path = folder / set_label(set_id) / "records.jsonl"
         order = stream_order(len(dataset), seed, config.limit)
         start = 0
-        if config.resume and not method.online:
-            start = min(len(read_records(records_path)), len(order))
-        elif pending_state and set_id in checkpoint["finished"]:
+        if pending_state and set_id in checkpoint["finished"]:
             continue
-        elif pending_state and checkpoint["set"] is None:
+        if pending_state and checkpoint["set"] is None:
             method.load_state_dict(checkpoint["state"])
             pending_state = False
-        if start == len(order):
-            continue
         method.setup(prepared.model, dataset.classnames, set_id)
         if pending_state and checkpoint["set"] == set_id:
             method.load_state_dict(checkpoint["state"])
             start, pending_state = checkpoint["position"], False
-        finished = list(config.test_sets[: config.test_sets.index(set_id)])
+        finished = list(sets[: sets.index(set_id)])
 
         def save_state(position: int, set_id: str = set_id, finished: list[str] = finished) -> None:
             atomic_torch_save(checkpoint_path, {"finished": finished, "set": set_id, "position": position,
@@ -203,9 +269,9 @@ def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> 
         atomic_torch_save(checkpoint_path, {"finished": [*finished, set_id], "set": None, "position": 0,
                                             "state": method.state_dict()})
         save_diagnostics(method.diagnostics(), records_path.parent, f"{method.name} {set_id}")
-        if method.online:  # how accuracy evolves along the stream: prompt or memory collapse shows here
-            line_chart_png({method.name: stream_accuracy(read_records(records_path))}, records_path.parent / "stream.png",
-                           f"{method.name} on {set_id}: top-1 (%) per block of 200 images", "stream position")
+        # how accuracy evolves along the stream: prompt or memory collapse shows here
+        line_chart_png({method.name: stream_accuracy(read_records(records_path))}, records_path.parent / "stream.png",
+                       f"{method.name} on {set_id}: top-1 (%) per block of 200 images", "stream position")
 
 
 def save_diagnostics(diagnostics: dict[str, Any], folder: Path, title: str) -> None:
@@ -227,7 +293,8 @@ def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order:
                       mean=preprocess.mean, std=preprocess.std, device=device, interpolation=preprocess.interpolation)
     zeroshot_text = encode_class_prompts(model, dataset.classnames, ["a photo of a {}."])
     correct = scored = 0
-    timing_path = writer.path.parent / "timing.json"  # kept out of the records, so that records are reproducible
+    # kept out of the records, so that records are reproducible; one file per process (timing.rank0-of-2.json)
+    timing_path = writer.path.with_name(writer.path.name.replace("records", "timing").replace(".jsonl", ".json"))
     timing = json.loads(timing_path.read_text()) if start and timing_path.is_file() else {"images": 0, "seconds": 0.0}
     bar = tqdm(total=len(order), initial=start, desc=f"{method.name} {dataset.set_id}", disable=not config.progress,
                unit="img", dynamic_ncols=True)

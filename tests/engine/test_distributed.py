@@ -1,0 +1,98 @@
+"""Runs under torchrun with 2 CPU processes (gloo), as CI can: the sharded run equals the single one,
+a killed job resumes, corrupt images are recorded skips, online methods take whole sets."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mintclip.cli import main
+from mintclip.engine.records import read_records
+from tests.engine.test_run import TINY_MODEL_HP, checkpoint, random_images, run_args  # noqa: F401
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "mintclip", *args]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Two sets of 9 images; one image of each set is corrupt."""
+    root = tmp_path_factory.mktemp("data")
+    for name, seed in (("day", 1), ("night", 2)):
+        random_images(root / name, ["cat", "dog", "fox"], per_class=3, seed=seed)
+        (root / name / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def sharded_args(data, checkpoint, out, method, *extra):  # noqa: F811
+    args = run_args(data, checkpoint, out, method, *extra)
+    args[args.index("folder")] = "folder:day/folder:night"
+    return args
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("seed0/*/records.jsonl"))} | {
+        "summary.csv": (out / "summary.csv").read_bytes()}
+
+
+def test_two_processes_write_exactly_the_records_of_one(data, checkpoint, tmp_path):  # noqa: F811
+    args = ["--hp", "precision=fp32"]
+    assert main(sharded_args(data, checkpoint, tmp_path / "single", "tpt", *args)) == 0
+    done = subprocess.run(torchrun(sharded_args(data, checkpoint, tmp_path / "two", "tpt", *args)), env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert outputs(tmp_path / "two") == outputs(tmp_path / "single")
+    records = read_records(tmp_path / "two" / "seed0" / "night" / "records.jsonl")
+    assert len(records) == 9 and sum("skipped" in r for r in records) == 1
+    assert not list((tmp_path / "two").glob("seed0/*/records.rank*"))  # shards merged and removed
+    assert done.stdout.count("Top-1 accuracy") == 1  # rank 0 speaks for the job
+
+
+SLOW_ZERO = """import sys, time
+from mintclip.adapt.zero import Zero
+from mintclip.cli import main
+predict = Zero.predict
+Zero.predict = lambda self, views: (time.sleep(0.2), predict(self, views))[1]  # time to kill it part-way
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_job_resumes_to_the_same_records(data, checkpoint, tmp_path):  # noqa: F811
+    args = sharded_args(data, checkpoint, tmp_path / "two", "zero", "--hp", "precision=fp32")
+    (tmp_path / "slow_zero.py").write_text(SLOW_ZERO)
+    command = torchrun(args)
+    command[command.index("-m", 3):command.index("-m", 3) + 2] = [str(tmp_path / "slow_zero.py")]
+    job = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    out = tmp_path / "two"
+    shard = out / "seed0" / "day" / "records.rank1-of-2.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(read_records(shard)) < 2 and job.poll() is None:
+        time.sleep(0.02)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (out / "seed0" / "day" / "records.jsonl").exists()  # killed before the first merge
+    done = subprocess.run(torchrun([*args, "--resume"]), env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert main(sharded_args(data, checkpoint, tmp_path / "single", "zero", "--hp", "precision=fp32")) == 0
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert outputs(out) == outputs(tmp_path / "single")
+
+
+def test_online_methods_take_whole_sets(data, checkpoint, tmp_path):  # noqa: F811
+    out = tmp_path / "tda"
+    done = subprocess.run(torchrun(sharded_args(data, checkpoint, out, "tda")), env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("day", "night"):
+        assert len(read_records(out / "seed0" / name / "records.jsonl")) == 9
+    assert (out / "seed0" / "state.rank0-of-2.pt").is_file() and (out / "seed0" / "state.rank1-of-2.pt").is_file()
+    assert "each took whole sets" in (out / "summary.md").read_text()
