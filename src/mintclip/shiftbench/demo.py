@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import RunConfig, run
+from ..engine import RunConfig, RunError, run
 from ..engine.report import report_runs
 from .render import CLASSES, SHIFTED, write_domains
 from .train import DATA_SIZE, shipped_checkpoint
@@ -28,7 +28,7 @@ TINY_MODEL_HP: dict[str, dict[str, object]] = {"mint": {"query_layers": "1,3,5"}
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"
-    per_class: int = 10  # images rendered per class and domain (20 classes: 200 per domain)
+    per_class: int = 5  # images rendered per class and domain (20 classes: 100 per domain)
     samples: int | None = None  # at most this many per domain (a quicker look)
     methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
     weights: str | None = None  # default: the shipped shiftbench checkpoint
@@ -38,13 +38,17 @@ class DemoConfig:
     progress: bool = True
 
 
-def ensure_data(folder: Path, per_class: int, seed: int) -> None:
-    """Render the shifted domains unless `folder` already holds exactly these."""
+def ensure_data(folder: Path, per_class: int, seed: int, runs: list[Path]) -> None:
+    """Render the shifted domains unless `folder` already holds exactly these. Other images under runs
+    made on the old ones would mix two datasets in one table, so that is an error instead."""
     stamp = folder / "shiftbench.json"
     wanted = {"domains": list(SHIFTED), "classes": list(CLASSES), "per_class": per_class, "seed": seed,
               "size": DATA_SIZE}
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return
+    if stamp.is_file() and any((run / "config.json").is_file() for run in runs):
+        raise RunError(f"{folder}: holds demo images made with other settings, and runs on them exist; choose "
+                       "another --out")
     write_domains(folder, SHIFTED, per_class=per_class, seed=seed, size=DATA_SIZE)
     stamp.write_text(json.dumps(wanted, indent=1))
 
@@ -55,7 +59,7 @@ def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
     data = Path(config.data) if config.data else out / "data"
     weights = config.weights or str(shipped_checkpoint())
     began = time.perf_counter()
-    ensure_data(data, config.per_class, config.seed)
+    ensure_data(data, config.per_class, config.seed, [out / method for method in config.methods])
     per_domain = min(config.per_class * len(CLASSES), config.samples or config.per_class * len(CLASSES))
     log(f"mintclip demo: shiftbench, synthetic images of {len(CLASSES)} classes; domains {', '.join(SHIFTED)} "
         f"({per_domain} images each) in {data}")

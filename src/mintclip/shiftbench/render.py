@@ -416,29 +416,31 @@ def _painterly(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _hard(label: int, rng: np.random.Generator, size: int) -> tuple[Image.Image, Scene]:
-    """A small, off-centre, partly occluded object among clutter on a busy background."""
-    shape = _place(label, rng, size, 45, (0.2, 0.38), off_centre=True)
-    background = ("striped", "checked", "colourful", "grassy", "wooden")[rng.integers(5)]
+    """A smallish off-centre object among clutter, partly occluded 40% of the time, on a busy or natural
+    background, now and then in a colour close to what lies behind it."""
+    shape = _place(label, rng, size, 45, (0.35, 0.55), off_centre=True)
+    background = ("striped", "checked", "colourful", "grassy", "wooden", "grassy", "wooden")[rng.integers(7)]
     img = _clutter(_busy(background, rng, size), rng, size)
     behind = (img * shape.alpha).sum((1, 2), keepdims=True) / shape.alpha.sum()
-    if rng.random() < 0.3:  # low contrast: the palette colour nearest to what lies behind, pulled toward it
+    if rng.random() < 0.15:  # low contrast: the palette colour nearest to what lies behind, pulled toward it
         word = min(PALETTE, key=lambda name: np.linalg.norm(PALETTE[name] - behind))
         rgb = (PALETTE[word] + behind) / 2
     else:
         word, rgb = _colour(rng, behind)
     fill = _paint(img, shape, rng, rgb)
-    _occlude(img, shape, rng)
+    if rng.random() < 0.4:
+        _occlude(img, shape, rng)
     return (_finish(img, rng, (0.2, 0.6), (2, 6)),
             Scene(label, word, shape.size, shape.position, background, fill))
 
 
 def _clutter(img: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Three to six lumpy blobs, bent strokes and slivers: busy, yet none is a class's silhouette."""
+    """One to three lumpy blobs, bent strokes and slivers: busy, yet none is a class's silhouette."""
     layer = Image.new("RGBA", (size * SS,) * 2)
     draw = ImageDraw.Draw(layer)
-    for _ in range(rng.integers(3, 7)):
+    for _ in range(rng.integers(1, 4)):
         colour = tuple(rng.integers(0, 256, 3).tolist()) + (255,)
-        centre, r = rng.uniform(0, size * SS, 2), rng.uniform(0.04, 0.12) * size * SS
+        centre, r = rng.uniform(0, size * SS, 2), rng.uniform(0.03, 0.09) * size * SS
         kind = rng.integers(3)
         if kind == 0:
             t = np.sort(rng.uniform(0, 2 * np.pi, 9))

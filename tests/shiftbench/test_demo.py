@@ -1,0 +1,30 @@
+"""The demo as CI runs it: a few images per shifted domain, every method, through the real engine."""
+
+import json
+
+from mintclip.cli import main
+from mintclip.engine.records import read_records
+from mintclip.shiftbench.demo import DEMO_METHODS
+from mintclip.shiftbench.render import SHIFTED
+
+
+def test_a_reduced_demo_runs_every_method_on_every_domain(tmp_path, capsys):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--samples", "3", "--per-class", "1", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    table = (out / "report" / "summary.md").read_text()
+    assert f"| method | {' | '.join(SHIFTED)} | average |" in table
+    for method in DEMO_METHODS:
+        assert f"| {method} |" in table and f"| {method} |" in printed
+        for domain in SHIFTED:
+            records = read_records(out / method / "seed0" / domain / "records.jsonl")
+            assert len(records) == 3 and all("top5" in r for r in records)
+    assert (out / "report" / "accuracy.png").is_file()
+    assert json.loads((out / "data" / "shiftbench.json").read_text())["per_class"] == 1
+
+    before = {p: p.read_bytes() for p in out.glob("*/seed0/*/records.jsonl")}
+    assert main(args) == 0  # the same command again resumes: every run is complete, nothing changes
+    assert {p: p.read_bytes() for p in out.glob("*/seed0/*/records.jsonl")} == before
+    assert main([*args, "--per-class", "2", "--methods", "zeroshot"]) == 2  # other images under the old runs
+    assert "made with other settings" in capsys.readouterr().err
