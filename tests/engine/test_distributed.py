@@ -12,7 +12,7 @@ import pytest
 
 from mintclip.cli import main
 from mintclip.engine.records import read_records
-from tests.engine.test_run import TINY_MODEL_HP, checkpoint, random_images, run_args  # noqa: F401
+from tests.engine.test_run import checkpoint, random_images, run_args  # noqa: F401 (checkpoint is a fixture)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
