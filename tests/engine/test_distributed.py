@@ -12,7 +12,7 @@ import pytest
 
 from mintclip.cli import main
 from mintclip.engine.records import read_records
-from tests.engine.test_run import checkpoint, random_images, run_args  # noqa: F401 (checkpoint is a fixture)
+from tests.engine.test_run import random_images, run_args
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -32,7 +32,7 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def sharded_args(data, checkpoint, out, method, *extra):  # noqa: F811
+def sharded_args(data, checkpoint, out, method, *extra):
     args = run_args(data, checkpoint, out, method, *extra)
     args[args.index("folder")] = "folder:day/folder:night"
     return args
@@ -43,7 +43,7 @@ def outputs(out: Path) -> dict[str, bytes]:
         "summary.csv": (out / "summary.csv").read_bytes()}
 
 
-def test_two_processes_write_exactly_the_records_of_one(data, checkpoint, tmp_path):  # noqa: F811
+def test_two_processes_write_exactly_the_records_of_one(data, checkpoint, tmp_path):
     args = ["--hp", "precision=fp32"]
     assert main(sharded_args(data, checkpoint, tmp_path / "single", "tpt", *args)) == 0
     done = subprocess.run(torchrun(sharded_args(data, checkpoint, tmp_path / "two", "tpt", *args)), env=ENV,
@@ -65,7 +65,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_killed_job_resumes_to_the_same_records(data, checkpoint, tmp_path):  # noqa: F811
+def test_a_killed_job_resumes_to_the_same_records(data, checkpoint, tmp_path):
     args = sharded_args(data, checkpoint, tmp_path / "two", "zero", "--hp", "precision=fp32")
     (tmp_path / "slow_zero.py").write_text(SLOW_ZERO)
     command = torchrun(args)
@@ -87,7 +87,7 @@ def test_a_killed_job_resumes_to_the_same_records(data, checkpoint, tmp_path):  
     assert outputs(out) == outputs(tmp_path / "single")
 
 
-def test_online_methods_take_whole_sets(data, checkpoint, tmp_path):  # noqa: F811
+def test_online_methods_take_whole_sets(data, checkpoint, tmp_path):
     out = tmp_path / "tda"
     done = subprocess.run(torchrun(sharded_args(data, checkpoint, out, "tda")), env=ENV, capture_output=True,
                           text=True, timeout=300)

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from mintclip.engine.report import bootstrap_means, report_runs
 def records(method_right: list[bool], zeroshot_right: list[bool]) -> list[dict]:
     """One record per sample of a two-class set; every label is 0, so being right means predicting 0."""
     return [{"index": i, "path": f"{i}.png", "label": 0, "top5": [[0 if m else 1, 0.8], [1 if m else 0, 0.2]],
-             "zeroshot": 0 if z else 1, "seconds": 0.01} for i, (m, z) in enumerate(zip(method_right, zeroshot_right))]
+             "zeroshot": 0 if z else 1} for i, (m, z) in enumerate(zip(method_right, zeroshot_right))]
 
 
 def write_run(folder: Path, method: str, per_set: dict[str, list[list[dict]]], online: bool = False) -> Path:
@@ -130,15 +129,6 @@ def test_counting_draws_is_the_index_bootstrap():
     by_index = values[np.random.default_rng(1).integers(len(values), size=(50_000, len(values)))].mean(1)
     by_count = bootstrap_means(values, 50_000, seed=2)
     assert np.abs(np.percentile(by_index, [2.5, 50, 97.5]) - np.percentile(by_count, [2.5, 50, 97.5])).max() < 0.01
-
-
-def test_the_bootstrap_of_ten_runs_on_ten_sets_of_ten_thousand_takes_well_under_a_second():
-    rng = np.random.default_rng(0)
-    per_sample = [rng.integers(-1, 2, 10_000).astype(float) for _ in range(100)]
-    began = time.perf_counter()
-    for i, values in enumerate(per_sample):
-        bootstrap_means(values, 2000, seed=i)
-    assert time.perf_counter() - began < 1.0
 
 
 def test_the_command_line(tmp_path, capsys):

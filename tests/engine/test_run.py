@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mintclip
 from mintclip.adapt import available_methods
 from mintclip.cli import main, seed_main
 from mintclip.engine.records import read_records
-from tests.conftest import tiny_clip
 from tests.data.test_catalog import make_coop_set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +27,6 @@ def random_images(folder: Path, classes: list[str], per_class: int, seed: int = 
             (folder / name).mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
     return folder
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    mintclip.save_clip(tiny_clip(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

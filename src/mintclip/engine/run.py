@@ -315,7 +315,8 @@ def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order:
                 writer.write({**sample, "skipped": "non-finite logits", **skips})
             else:
                 top = logits.softmax(-1).topk(min(5, logits.shape[-1]))
-                record = {**sample, "top5": [[int(c), round(float(p), 6)] for p, c in zip(top.values, top.indices)],
+                probs, classes = top.values.tolist(), top.indices.tolist()  # one read-back each, not one per entry
+                record = {**sample, "top5": [[c, round(p, 6)] for p, c in zip(probs, classes)],
                           "zeroshot": int((view0 @ zeroshot_text.T).argmax()), **skips}
                 writer.write(record)
                 scored += 1

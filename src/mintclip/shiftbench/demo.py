@@ -60,7 +60,8 @@ def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
     weights = config.weights or str(shipped_checkpoint())
     began = time.perf_counter()
     ensure_data(data, config.per_class, config.seed, [out / method for method in config.methods])
-    per_domain = min(config.per_class * len(CLASSES), config.samples or config.per_class * len(CLASSES))
+    rendered = config.per_class * len(CLASSES)
+    per_domain = min(rendered, config.samples or rendered)
     log(f"mintclip demo: shiftbench, synthetic images of {len(CLASSES)} classes; domains {', '.join(SHIFTED)} "
         f"({per_domain} images each) in {data}")
     log(f"  model {weights} (a tiny CLIP trained on the source style only)")

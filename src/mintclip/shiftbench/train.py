@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..adapt.prompts import encode_class_prompts, get_tokenizer
-from ..data.views import centre_view, image_to_tensor
+from ..data.views import ViewMaker
 from ..model import CLIP, CLIPConfig, Preprocess, TextConfig, VisionConfig, save_clip
 from .render import CLASSES, DOMAINS, Scene, caption, image_rng, render
 
@@ -80,9 +80,8 @@ def init_for_training(model: CLIP) -> None:
     """OpenAI's initialisation (CLIP `initialize_parameters`) for both towers, biases zero. The model's own
     construction is meant for loading weights: its default Linear biases would outweigh the 0.02-scale
     token embeddings, so every caption would start with the same features and learning would stall."""
-    for tower in (model.visual, model.text):
-        width, layers = tower.transformer.resblocks[0].ln_1.normalized_shape[0], len(tower.blocks)
-        proj_std, attn_std, fc_std = width**-0.5 * (2 * layers) ** -0.5, width**-0.5, (2 * width) ** -0.5
+    for tower, width in ((model.visual, model.config.vision.width), (model.text, model.config.text.width)):
+        proj_std, attn_std, fc_std = width**-0.5 * (2 * len(tower.blocks)) ** -0.5, width**-0.5, (2 * width) ** -0.5
         for block in tower.blocks:
             torch.nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
             torch.nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
@@ -106,8 +105,7 @@ def training_caption(scene: Scene, plain_share: float, rng: np.random.Generator)
 
 
 def normalise(images: Tensor, preprocess: Preprocess) -> Tensor:
-    """uint8 or [0, 1] float (B, 3, S, S) -> CLIP's normalised input."""
-    images = images.float() / 255 if images.dtype == torch.uint8 else images
+    """[0, 1] images (B, 3, S, S) -> CLIP's normalised input."""
     mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
     return (images - mean) / std
@@ -134,14 +132,16 @@ def random_resized_crops(images: Tensor, size: int, min_scale: float, generator:
 
 
 def held_out_views(domain: str, per_class: int, seed: int = HELD_OUT_SEED) -> tuple[Tensor, Tensor]:
-    """Images as the demo writes them (96 px), through view 0's preprocessing: (N, 3, 48, 48), labels (N,)."""
+    """Images as the demo writes them (96 px), made into view 0 as the engine makes it: (N, 3, 48, 48),
+    labels (N,)."""
+    view_zero = ViewMaker(n_views=1, size=IMAGE_SIZE)
     views, labels = [], []
     for label in range(len(CLASSES)):
         for index in range(per_class):
             image, _ = render(label, domain, image_rng(seed, domain, label, index), DATA_SIZE)
-            views.append(centre_view(image_to_tensor(image).float() / 255, IMAGE_SIZE))
+            views.append(view_zero(image, seed, index)[0])
             labels.append(label)
-    return normalise(torch.stack(views), shiftbench_config().preprocess), torch.tensor(labels)
+    return torch.stack(views), torch.tensor(labels)
 
 
 @torch.no_grad()
