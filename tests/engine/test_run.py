@@ -186,6 +186,16 @@ def test_seeds_give_mean_and_std(tree, checkpoint, tmp_path):
     assert sorted(orders[0]) == sorted(orders[1]) == list(range(12)) and orders[0] != orders[1]
 
 
+def test_each_seed_is_its_own_stream_from_a_fresh_state(tree, checkpoint, tmp_path):
+    """An online method's memory must not flow from seed 0 into seed 1: seed 1 run alone is the same."""
+    import tests.engine.online_toy  # noqa: F401  registers online_toy
+
+    for out, seeds in (("both", ["0", "1"]), ("alone", ["1"])):
+        assert main(run_args(tree, checkpoint, tmp_path / out, "online_toy", "--seeds", *seeds)) == 0
+    assert ((tmp_path / "both" / "seed1" / "folder" / "records.jsonl").read_bytes()
+            == (tmp_path / "alone" / "seed1" / "folder" / "records.jsonl").read_bytes())
+
+
 def test_the_seed_repositorys_command_line(tree, checkpoint, tmp_path):
     out = tmp_path / "seed_cli"
     assert seed_main([str(tree), "--test_sets", "folder", "-a", "ViT-B/16", "--weights", str(checkpoint),

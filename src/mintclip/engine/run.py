@@ -233,8 +233,10 @@ def run_episodic_set(config: RunConfig, prepared: Prepared, seed: int, folder: P
 def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path, sets: list[str], shard: Shard) -> None:
     """One stream of an online method through `sets` in order; its state flows from set to set.
 
-    On resume it restarts from its last saved state: state saved between sets is loaded before the
-    next set's `setup` (as it was held then), state saved within a set after it."""
+    Every stream starts from a fresh method, so seed 1 does not inherit seed 0's memory. On resume it
+    restarts from its last saved state: state saved between sets is loaded before the next set's
+    `setup` (as it was held then), state saved within a set after it."""
+    prepared = dataclasses.replace(prepared, method=build_method(config.method, config.hp))
     method = prepared.method
     checkpoint_path = folder / f"state{shard.suffix}.pt"
     checkpoint = {"finished": [], "set": None, "position": 0, "state": {}}
