@@ -69,6 +69,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="AugMix views: auto = the method's choice, else the set's reference default")
     parser.add_argument("--act", choices=("quick_gelu", "gelu"), help="activation, when the checkpoint does not say")
     parser.add_argument("--save-every", type=int, default=50, help="samples between saves of online state")
+    parser.add_argument("--online-shards", type=int, metavar="K",
+                        help="online methods: split every set into K independent sub-streams (k, k+K, ...), each "
+                             "from a fresh state, spread over the torchrun processes; records depend on K only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--coop", help="CoOp context checkpoint that starts the text prompt (tpt, ctpt, mint)")
     parser.add_argument("--reset-memory", choices=("never", "per-set"), help="mint: reset the bank at each set")
@@ -83,7 +86,7 @@ def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets
     config = RunConfig(data_root=args.root, test_sets=test_sets.split("/"), method=method, weights=weights,
                        out=args.out or f"runs/{method}", seeds=seeds, device=device, workers=args.workers, hp=hp,
                        act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
-                       resume=args.resume, progress=not args.no_progress)
+                       online_shards=args.online_shards, resume=args.resume, progress=not args.no_progress)
     run(config)
     if Shard.from_env().rank != 0:  # under torchrun, rank 0 speaks for the job
         return 0

@@ -83,7 +83,6 @@ def test_a_killed_job_resumes_to_the_same_records(data, checkpoint, tmp_path):
     done = subprocess.run(torchrun([*args, "--resume"]), env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert main(sharded_args(data, checkpoint, tmp_path / "single", "zero", "--hp", "precision=fp32")) == 0
-    assert done.returncode == 0, done.stderr[-2000:]
     assert outputs(out) == outputs(tmp_path / "single")
 
 
@@ -96,3 +95,17 @@ def test_online_methods_take_whole_sets(data, checkpoint, tmp_path):
         assert len(read_records(out / "seed0" / name / "records.jsonl")) == 9
     assert (out / "seed0" / "state.rank0-of-2.pt").is_file() and (out / "seed0" / "state.rank1-of-2.pt").is_file()
     assert "each took whole sets" in (out / "summary.md").read_text()
+
+
+def test_online_sub_streams_depend_on_their_number_not_on_the_processes(data, checkpoint, tmp_path):
+    args = ["--online-shards", "2", "--hp", "precision=fp32", "n_views=8", "query_layers=0,1,2", "bank_size=16"]
+    assert main(sharded_args(data, checkpoint, tmp_path / "single", "mint", *args)) == 0
+    done = subprocess.run(torchrun(sharded_args(data, checkpoint, tmp_path / "two", "mint", *args)), env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    diagnostics = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").glob("seed0/*/diag*")}
+    assert len(diagnostics) == 4  # day and night, one per sub-stream
+    assert all((tmp_path / "single" / name).read_bytes() == content for name, content in diagnostics.items())
+    assert outputs(tmp_path / "two") == outputs(tmp_path / "single")
+    assert (tmp_path / "two" / "seed0" / "state.stream1-of-2.pt").is_file()
+    assert "2 independent sub-streams" in (tmp_path / "two" / "summary.md").read_text()

@@ -114,6 +114,16 @@ def test_plots_bars_per_set_streams_of_online_runs_and_memory_usage(tmp_path):
     assert "### mint\n\n| set | entries_retrieved | key_cosine_mean |\n|---|---|---|\n| X | 7 | 0.2500 |" in report
 
 
+def test_memory_diagnostics_of_sub_streams_have_a_row_each(tmp_path):
+    mint = write_run(tmp_path / "mint", "mint", {"X": [records(right(6, 10), right(4, 10))]}, online=True)
+    for k, retrieved in enumerate((5, 9)):
+        (mint / "seed0" / "X" / f"diagnostics.stream{k}-of-2.json").write_text(json.dumps({"entries_retrieved": retrieved}))
+        bar_chart_png(torch.tensor([5.0, 3.0]), mint / "seed0" / "X" / f"usage.stream{k}-of-2.png", "usage")
+    report = report_runs([mint], tmp_path / "report")
+    assert "| X (stream0-of-2) | 5 |\n| X (stream1-of-2) | 9 |" in report
+    assert (tmp_path / "report" / "usage_mint_X.stream1-of-2.png").is_file()
+
+
 def test_the_same_report_twice_is_identical(tmp_path):
     runs = [write_run(tmp_path / "a", "tpt", {"X": [records(right(60, 100), right(40, 100))]}),
             write_run(tmp_path / "b", "tpt", {"X": [records(right(30, 100), right(40, 100))]}, online=True)]

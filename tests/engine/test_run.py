@@ -16,6 +16,7 @@ from mintclip.adapt import available_methods
 from mintclip.cli import main, seed_main
 from mintclip.engine.records import read_records
 from tests.data.test_catalog import make_coop_set
+from tests.engine.online_toy import RunningMeanMethod
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,6 +126,34 @@ def test_online_methods_resume_exactly_after_a_kill(method, tmp_path, checkpoint
     assert comparable(killed) == comparable(whole)
 
 
+def test_online_sub_streams_are_independent_and_resume_exactly(tmp_path, checkpoint):
+    """--online-shards 2: positions 0, 2, 4, ... and 1, 3, 5, ... are two streams from a fresh state each;
+    a kill part-way and --resume give the records of an uninterrupted run; K = 1 is the single stream."""
+    data = random_images(tmp_path / "tree", ["cat", "dog"], per_class=6)
+    prelude = "import tests.engine.online_toy as t; t.RunningMeanMethod.delay = 0.05; "
+
+    def args(out, *extra):
+        return run_args(data, checkpoint, tmp_path / out, RunningMeanMethod.name, "--save-every", "2", *extra)
+
+    assert main(args("single")) == 0
+    assert main(args("one_sub_stream", "--online-shards", "1")) == 0
+    assert comparable(tmp_path / "one_sub_stream") == comparable(tmp_path / "single")
+    assert main(args("whole", "--online-shards", "2")) == 0
+    whole = read_records(tmp_path / "whole" / "seed0" / "folder" / "records.jsonl")
+    assert [r["index"] for r in whole] == [r["index"] for r in read_records(tmp_path / "single" / "seed0" / "folder"
+                                                                           / "records.jsonl")]
+    single = read_records(tmp_path / "single" / "seed0" / "folder" / "records.jsonl")
+    assert whole[0] == single[0]  # sub-stream 0 starts from the fresh state the single stream starts from
+    assert whole[2:] != single[2:]  # later images see only their own sub-stream's memory
+    assert "2 independent sub-streams" in (tmp_path / "whole" / "summary.md").read_text()
+    killed = tmp_path / "killed"
+    kill_part_way(args("killed", "--online-shards", "2"), killed / "seed0" / "folder" / "records.stream1-of-2.jsonl",
+                  at_least=3, prelude=prelude)
+    assert main(args("killed", "--online-shards", "2", "--resume")) == 0
+    assert comparable(killed) == comparable(tmp_path / "whole")
+    assert not list(killed.glob("seed0/folder/records.stream*"))
+
+
 def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
     cases = [
         (run_args(tree, checkpoint, tmp_path / "a", "tpt")[:3] + ["Q", *run_args(tree, checkpoint, tmp_path / "a", "tpt")[4:]],
@@ -135,6 +164,7 @@ def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
         (run_args(tree, checkpoint, tmp_path / "d", "nosuch"), "unknown method 'nosuch'"),
         (run_args(tree, checkpoint, tmp_path / "e", "tpt", "--hp", "lr=fast"), "could not convert"),
         (run_args(tree, checkpoint, tmp_path / "f", "mint"), "need blocks that this 3-block ViT lacks"),
+        (run_args(tree, checkpoint, tmp_path / "g", "tpt", "--online-shards", "2"), "needs an online method"),
     ]
     for args, message in cases:
         assert main(args) == 2
@@ -188,10 +218,9 @@ def test_seeds_give_mean_and_std(tree, checkpoint, tmp_path):
 
 def test_each_seed_is_its_own_stream_from_a_fresh_state(tree, checkpoint, tmp_path):
     """An online method's memory must not flow from seed 0 into seed 1: seed 1 run alone is the same."""
-    import tests.engine.online_toy  # noqa: F401  registers online_toy
 
     for out, seeds in (("both", ["0", "1"]), ("alone", ["1"])):
-        assert main(run_args(tree, checkpoint, tmp_path / out, "online_toy", "--seeds", *seeds)) == 0
+        assert main(run_args(tree, checkpoint, tmp_path / out, RunningMeanMethod.name, "--seeds", *seeds)) == 0
     assert ((tmp_path / "both" / "seed1" / "folder" / "records.jsonl").read_bytes()
             == (tmp_path / "alone" / "seed1" / "folder" / "records.jsonl").read_bytes())
 

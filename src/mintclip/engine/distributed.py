@@ -5,7 +5,9 @@ Episodic methods: each set's stream is dealt round-robin by position (rank r tak
 `records.jsonl` a single process writes. Views depend on (seed, sample index) alone, so the merged
 records are byte-identical to a single-process run's on CPU. Online methods keep one stream per
 process: a process takes whole sets (set i goes to rank i mod N) and its state flows only between its
-own sets. No scheduler of our own: torch.distributed for the barriers, files for everything else, so a
+own sets. With `--online-shards K` every set is split into K independent sub-streams instead
+(sub-stream k takes positions k, k + K, ... of every set, from a fresh state, on rank k mod N); the
+records depend on K, never on N, and rank 0 merges them like the episodic shards. No scheduler of our own: torch.distributed for the barriers, files for everything else, so a
 killed job restarted with --resume continues every shard where it stopped.
 """
 
@@ -59,20 +61,49 @@ class Shard:
         if self.sharded:
             dist.barrier()
 
-    def online_sets(self, sets: list[str]) -> list[str]:
-        """The whole sets this process streams when the method is online."""
-        return sets[self.rank::self.world]
+    def online_streams(self, sets: list[str], sub_streams: int | None) -> list[OnlineStream]:
+        """The streams of an online method this process runs: by default one through its whole sets;
+        with `sub_streams` K, sub-streams k = rank, rank + N, ... < K, each through every set."""
+        if not sub_streams:
+            return [OnlineStream(tuple(sets[self.rank::self.world]), state=f"state{self.suffix}.pt")]
+        return [OnlineStream(tuple(sets), k, sub_streams, f"state.stream{k}-of-{sub_streams}.pt")
+                for k in range(self.rank, sub_streams, self.world)]
+
+
+@dataclass(frozen=True)
+class OnlineStream:
+    """One online stream of a seed: the sets it goes through in order, the positions of each it takes
+    (index, index + count, ...), and the file holding its state for resume."""
+    sets: tuple[str, ...]
+    index: int = 0
+    count: int = 1
+    state: str = "state.pt"
+
+    @property
+    def suffix(self) -> str:
+        """'' for one stream per set, else '.stream<k>-of-<K>': the name of a sub-stream's files."""
+        return f".stream{self.index}-of-{self.count}" if self.count > 1 else ""
+
+    def positions(self, order: list[int]) -> list[int]:
+        return order[self.index::self.count]
+
+
+def suffixed(path: Path, suffix: str) -> Path:
+    """records.jsonl -> records.rank0-of-2.jsonl: the file of one process or sub-stream."""
+    return path.with_name(f"{path.stem}{suffix}{path.suffix}")
 
 
 def shard_path(records: Path, shard: Shard) -> Path:
-    return records.with_name(f"records{shard.suffix}.jsonl")
+    return suffixed(records, shard.suffix)
 
 
-def merge_shards(records: Path, world: int, total: int) -> None:
-    """Interleave the ranks' complete shards back into stream order, write records.jsonl atomically,
-    then remove the shards (a kill between the two leaves shards that the next merge ignores)."""
-    shards = [read_records(shard_path(records, Shard(rank, world))) for rank in range(world)]
-    merged = [shards[position % world][position // world] for position in range(total)]
+def merge_shards(records: Path, shards: list[Path], total: int) -> list[list[dict]]:
+    """Interleave complete shards (shard i holds positions i, i + len(shards), ...) back into stream
+    order, write records.jsonl atomically, then remove the shards (a kill between the two leaves shards
+    that the next merge ignores). Returns each shard's records."""
+    parts = [read_records(path) for path in shards]
+    merged = [parts[position % len(parts)][position // len(parts)] for position in range(total)]
     atomic_write_bytes(records, encode_records(merged))
-    for rank in range(world):
-        shard_path(records, Shard(rank, world)).unlink(missing_ok=True)
+    for path in shards:
+        path.unlink(missing_ok=True)
+    return parts

@@ -250,24 +250,29 @@ def zeroshot_reference(runs: list[Run]) -> tuple[dict[str, list[SetMetrics]], li
 
 
 def memory_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
-    """Per run that keeps diagnostics (MINT's bank), its first seed's numbers per set, and its usage
-    histograms copied into the report as usage_<run>_<set>.png; returns (Markdown, files written)."""
+    """Per run that keeps diagnostics (MINT's bank), its first seed's numbers per set (per sub-stream when
+    it ran with --online-shards), and its usage histograms copied into the report as
+    usage_<run>_<set>.png; returns (Markdown, files written)."""
     blocks: list[str] = []
     files: list[str] = []
     for run in runs:
         first_seed = run.folder / f"seed{run.config['run']['seeds'][0]}"
-        numbers = {s: json.loads((first_seed / s / "diagnostics.json").read_text()) for s in run.records
-                   if (first_seed / s / "diagnostics.json").is_file()}
+        numbers: dict[str, dict] = {}
+        for s in run.records:
+            for path in sorted((first_seed / s).glob("diagnostics*.json")):
+                stream = path.stem.removeprefix("diagnostics")  # '' or '.stream0-of-2'
+                row = f"{s} ({stream[1:]})" if stream else s
+                numbers[row] = json.loads(path.read_text())
+                if (first_seed / s / f"usage{stream}.png").is_file():
+                    files.append(f"usage_{re.sub(r'[^A-Za-z0-9_.-]+', '_', run.label).strip('_')}_{s}{stream}.png")
+                    shutil.copyfile(first_seed / s / f"usage{stream}.png", out / files[-1])
         if not numbers:
             continue
         keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
         lines = [f"### {run.label}", "", "| set | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        for s, n in numbers.items():
+        for row, n in numbers.items():
             values = [f"{n[k]:.4f}" if isinstance(n.get(k), float) else str(n.get(k, "-")) for k in keys]
-            lines.append(f"| {s} | " + " | ".join(values) + " |")
-            if (first_seed / s / "usage.png").is_file():
-                files.append(f"usage_{re.sub(r'[^A-Za-z0-9_.-]+', '_', run.label).strip('_')}_{s}.png")
-                shutil.copyfile(first_seed / s / "usage.png", out / files[-1])
+            lines.append(f"| {row} | " + " | ".join(values) + " |")
         blocks.append("\n".join(lines) + "\n")
     return ("## Memory diagnostics (first seed)\n\n" + "\n".join(blocks) if blocks else ""), files
 

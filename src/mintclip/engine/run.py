@@ -28,7 +28,7 @@ from ..adapt.prompts import encode_class_prompts
 from ..data import (ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, set_label,
                     stream_images)
 from ..model import CLIP, load_clip
-from .distributed import Shard, merge_shards, shard_path
+from .distributed import OnlineStream, Shard, merge_shards, shard_path, suffixed
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
 from .plots import bar_chart_png, line_chart_png
 from .report import details_table, metrics, results_table, stream_accuracy
@@ -53,6 +53,7 @@ class RunConfig:
     augmix: str = "auto"  # "auto": the method's choice, else the set's reference default; "on"; "off"
     limit: int | None = None  # at most this many samples per set (quick looks)
     save_every: int = 50  # samples between saves of online state
+    online_shards: int | None = None  # online methods: K independent sub-streams per set (None: one stream)
     resume: bool = False
     progress: bool = True
 
@@ -61,6 +62,8 @@ class RunConfig:
         d = dataclasses.asdict(self)
         for key in ("resume", "progress", "workers", "device", "save_every"):
             d.pop(key)
+        if d["online_shards"] is None:  # so that runs from before the option resume
+            d.pop("online_shards")
         return d
 
 
@@ -82,6 +85,9 @@ def prepare(config: RunConfig) -> Prepared:
         method = build_method(config.method, config.hp)
     except (ValueError, TypeError) as e:
         raise RunError(str(e)) from None
+    if config.online_shards is not None and (not method.online or config.online_shards < 1):
+        raise RunError(f"--online-shards {config.online_shards}: needs an online method (mint, tda, dynaprompt) and "
+                       f"K >= 1; {method.name} is {'online' if method.online else 'episodic, sharded by sample already'}")
     datasets = {s: open_dataset(config.data_root, s) for s in set_ids}
     out = Path(config.out)
     saved = out / "config.json"
@@ -175,7 +181,12 @@ def _run(config: RunConfig, shard: Shard) -> dict[str, list]:
         print(describe(config, prepared), file=sys.stderr)
     for seed in config.seeds:
         if prepared.method.online:
-            run_seed(config, prepared, seed, out / f"seed{seed}", shard.online_sets(config.test_sets), shard)
+            for stream in shard.online_streams(config.test_sets, config.online_shards):
+                run_seed(config, prepared, seed, out / f"seed{seed}", stream)
+            if (config.online_shards or 1) > 1:
+                shard.barrier()
+                if shard.rank == 0:
+                    merge_sub_streams(config, prepared, seed, out / f"seed{seed}")
         else:
             for set_id in config.test_sets:
                 run_episodic_set(config, prepared, seed, out / f"seed{seed}", set_id, shard)
@@ -196,7 +207,12 @@ def write_summary(config: RunConfig, prepared: Prepared, results: dict[str, list
     markdown, table = results_table({prepared.method.name: by_label}, list(by_label))
     details = details_table(prepared.method.name, by_label)
     notes = [*prepared.method.notes()]
-    if shard.sharded and prepared.method.online:
+    if config.online_shards:
+        k = config.online_shards
+        notes.append(f"online method in {k} independent sub-streams per set: sub-stream i took positions i, i + {k}, "
+                     f"... of every set's stream, starting from a fresh state; each saw 1/{k} of the images, so the "
+                     "accuracy is not that of one stream")
+    elif shard.sharded and prepared.method.online:
         notes.append(f"online method over {shard.world} processes: each took whole sets (set i to process i mod "
                      f"{shard.world}), and its state flowed only between its own sets")
     listed = "".join(f"- {note}\n" for note in notes)
@@ -226,27 +242,29 @@ def run_episodic_set(config: RunConfig, prepared: Prepared, seed: int, folder: P
             writer.close()
     shard.barrier()
     if shard.sharded and shard.rank == 0:
-        merge_shards(records_path, shard.world, len(order))
+        merge_shards(records_path, [shard_path(records_path, Shard(r, shard.world)) for r in range(shard.world)],
+                     len(order))
     shard.barrier()
 
 
-def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path, sets: list[str], shard: Shard) -> None:
-    """One stream of an online method through `sets` in order; its state flows from set to set.
+def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path, stream: OnlineStream) -> None:
+    """One stream of an online method through its sets in order; its state flows from set to set.
 
     Every stream starts from a fresh method, so seed 1 does not inherit seed 0's memory. On resume it
     restarts from its last saved state: state saved between sets is loaded before the next set's
     `setup` (as it was held then), state saved within a set after it."""
     prepared = dataclasses.replace(prepared, method=build_method(config.method, config.hp))
-    method = prepared.method
-    checkpoint_path = folder / f"state{shard.suffix}.pt"
+    method, sets = prepared.method, list(stream.sets)
+    checkpoint_path = folder / stream.state
     checkpoint = {"finished": [], "set": None, "position": 0, "state": {}}
     if config.resume and checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     pending_state = config.resume and checkpoint_path.is_file()
     for set_id in sets:
         dataset = prepared.datasets[set_id]
-        records_path = folder / set_label(set_id) / "records.jsonl"
-        order = stream_order(len(dataset), seed, config.limit)
+        set_folder = folder / set_label(set_id)
+        records_path = set_folder / "records.jsonl"
+        order = stream.positions(stream_order(len(dataset), seed, config.limit))
         start = 0
         if pending_state and set_id in checkpoint["finished"]:
             continue
@@ -257,33 +275,55 @@ def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path, set
         if pending_state and checkpoint["set"] == set_id:
             method.load_state_dict(checkpoint["state"])
             start, pending_state = checkpoint["position"], False
-        finished = list(sets[: sets.index(set_id)])
+        finished = sets[: sets.index(set_id)]
 
         def save_state(position: int, set_id: str = set_id, finished: list[str] = finished) -> None:
             atomic_torch_save(checkpoint_path, {"finished": finished, "set": set_id, "position": position,
                                                 "state": method.state_dict()})
 
-        writer = RecordWriter(records_path, keep=start)
+        writer = RecordWriter(suffixed(records_path, stream.suffix), keep=start)
         try:
             run_set(config, prepared, dataset, order, start, seed, writer, save_state)
         finally:
             writer.close()
         atomic_torch_save(checkpoint_path, {"finished": [*finished, set_id], "set": None, "position": 0,
                                             "state": method.state_dict()})
-        save_diagnostics(method.diagnostics(), records_path.parent, f"{method.name} {set_id}")
-        # how accuracy evolves along the stream: prompt or memory collapse shows here
-        line_chart_png({method.name: stream_accuracy(read_records(records_path))}, records_path.parent / "stream.png",
-                       f"{method.name} on {set_id}: top-1 (%) per block of 200 images", "stream position")
+        save_diagnostics(method.diagnostics(), set_folder, f"{method.name} {set_id}{stream.suffix}", stream.suffix)
+        if stream.count == 1:  # sub-streams are drawn together when merged
+            draw_stream(method.name, set_id, {method.name: read_records(records_path)}, set_folder / "stream.png")
 
 
-def save_diagnostics(diagnostics: dict[str, Any], folder: Path, title: str) -> None:
-    """A method's end-of-set diagnostics: numbers as JSON, bars as PNG, tensors as safetensors."""
+def merge_sub_streams(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> None:
+    """Rank 0, once every sub-stream of the seed is done: each set's sub-stream records interleaved
+    back into stream order, and a stream plot with one line per sub-stream."""
+    k, name = config.online_shards, prepared.method.name
+    for set_id, dataset in prepared.datasets.items():
+        records_path = folder / set_label(set_id) / "records.jsonl"
+        parts = [suffixed(records_path, OnlineStream((), i, k).suffix) for i in range(k)]
+        total = len(stream_order(len(dataset), seed, config.limit))
+        if len(read_records(records_path)) >= total:  # merged before a kill: drop any shards left behind
+            for path in parts:
+                path.unlink(missing_ok=True)
+            continue
+        records = merge_shards(records_path, parts, total)
+        draw_stream(name, set_id, {f"sub-stream {i}": r for i, r in enumerate(records)}, records_path.parent / "stream.png")
+
+
+def draw_stream(method: str, set_id: str, streams: dict[str, list[dict]], path: Path) -> None:
+    """How accuracy evolves along the stream: prompt or memory collapse shows here."""
+    line_chart_png({name: stream_accuracy(records) for name, records in streams.items()}, path,
+                   f"{method} on {set_id}: top-1 (%) per block of 200 images", "stream position")
+
+
+def save_diagnostics(diagnostics: dict[str, Any], folder: Path, title: str, suffix: str = "") -> None:
+    """A method's end-of-set diagnostics: numbers as JSON, bars as PNG, tensors as safetensors; `suffix`
+    names a sub-stream's files (diagnostics.stream0-of-4.json)."""
     if diagnostics.get("numbers"):
-        atomic_write_json(folder / "diagnostics.json", diagnostics["numbers"])
+        atomic_write_json(folder / f"diagnostics{suffix}.json", diagnostics["numbers"])
     for name, values in diagnostics.get("bars", {}).items():
-        bar_chart_png(values, folder / f"{name}.png", f"{title}: {name}")
+        bar_chart_png(values, folder / f"{name}{suffix}.png", f"{title}: {name}")
     if diagnostics.get("tensors"):
-        save_file(diagnostics["tensors"], str(folder / "memory.safetensors"))
+        save_file(diagnostics["tensors"], str(folder / f"memory{suffix}.safetensors"))
 
 
 def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order: list[int], start: int, seed: int,
