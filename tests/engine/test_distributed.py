@@ -3,6 +3,7 @@ a killed job resumes, corrupt images are recorded skips, online methods take who
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,3 +110,22 @@ def test_online_sub_streams_depend_on_their_number_not_on_the_processes(data, ch
     assert outputs(tmp_path / "two") == outputs(tmp_path / "single")
     assert (tmp_path / "two" / "seed0" / "state.stream1-of-2.pt").is_file()
     assert "2 independent sub-streams" in (tmp_path / "two" / "summary.md").read_text()
+
+
+def test_two_nodes_write_exactly_the_records_of_one_process(data, checkpoint, tmp_path):
+    """Two torchrun launchers with --nnodes 2 and their own --node_rank, as on two machines, meeting at a
+    TCP address: each node's process has local rank 0 and its own global rank."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    args = sharded_args(data, checkpoint, tmp_path / "nodes", "tpt", "--hp", "precision=fp32", "n_views=8")
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1",
+                               "-m", "mintclip", *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for rank in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-2000:]
+    assert main(sharded_args(data, checkpoint, tmp_path / "single", "tpt", "--hp", "precision=fp32", "n_views=8")) == 0
+    assert outputs(tmp_path / "nodes") == outputs(tmp_path / "single")
+    assert (tmp_path / "nodes" / "seed0" / "day" / "timing.rank1-of-2.json").is_file()
