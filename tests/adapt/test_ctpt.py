@@ -83,3 +83,14 @@ def test_build_by_name():
     assert build_method("ctpt").config.lam is None
     logits = method.predict(random_views(n=8))
     assert logits.shape == (len(CLASSES),) and torch.isfinite(logits).all()
+
+
+def test_a_batch_of_images_predicts_as_one_at_a_time():
+    model = frozen_clip()
+    views = torch.stack([random_views(n=8, seed=seed) for seed in (3, 4, 5)])
+    for steps in (1, 2):
+        logits, skipped = make_ctpt(model, steps=steps, precision="fp32").predict_batch(views)
+        single = torch.stack([make_ctpt(model, steps=steps, precision="fp32").predict(v) for v in views])
+        assert skipped == [0, 0, 0]
+        torch.testing.assert_close(logits, single, atol=5e-5, rtol=1e-5)
+        assert torch.equal(logits.argmax(-1), single.argmax(-1))

@@ -322,6 +322,27 @@ def test_state_dict_round_trip_gives_identical_next_predictions():
     assert original.bank.keys.abs().sum() > 0
 
 
+def test_a_batch_is_predicted_image_by_image_in_stream_order():
+    """An online method keeps Method's default predict_batch: `predict` per image, each on the bank the
+    previous one left, its skipped updates counted per image and not left behind."""
+    model = frozen_clip()
+    views = torch.stack([random_views(seed=s) for s in (5, 6, 7)])
+    stream = make_mint(model)
+    expected = torch.stack([stream.predict(image_views) for image_views in views])
+    method = make_mint(model)
+    predict, calls = method.predict, []
+
+    def predict_and_skip(image_views):  # a stand-in for guarded_step: the b-th image skips b updates
+        method.skipped_updates += len(calls)
+        calls.append(image_views)
+        return predict(image_views)
+
+    method.predict = predict_and_skip
+    logits, skipped = method.predict_batch(views)
+    assert torch.equal(logits, expected) and skipped == [0, 1, 2] and method.skipped_updates == 0
+    assert all(torch.equal(v, stream.state_dict()[k]) for k, v in method.state_dict().items())
+
+
 # -- options and ablations --------------------------------------------------------------------------------
 
 

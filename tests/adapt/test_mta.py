@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mintclip.adapt import build_method
-from mintclip.adapt.mta import solve_mta
+from mintclip.adapt.mta import iterate, solve_mta
 from tests.conftest import tiny_clip
 
 CLASSES = ["goldfish", "great white shark", "jay", "tabby cat"]
@@ -94,3 +94,34 @@ def test_predict_is_solve_mta_on_the_encoded_views():
     with torch.no_grad():
         features = F.normalize(model.encode_image(views), dim=-1)
     torch.testing.assert_close(logits, solve_mta(features, method.text, model.logit_scale.exp().detach()).logits)
+
+
+def test_iterate_freezes_each_image_at_its_own_early_stop():
+    # halving moves image 0 by 0.5, 0.25, 0.125 and image 1 by 4, 2, 1, 0.5, 0.25: with tol 0.3 image 0
+    # stops after its 2nd step (0.25), image 1 after its 5th, and image 0 must not take steps 3 to 5
+    halved = iterate(lambda x: x / 2, torch.tensor([1.0, 8.0]), max_iter=6, tol=0.3)
+    assert halved.tolist() == [0.25, 0.25]
+
+
+def test_a_batch_of_images_is_each_solved_alone():
+    text = unit(10, 32, seed=20).float()
+    features = torch.stack([F.normalize(unit(1, 32, seed=seed + 10) + spread * unit(16, 32, seed=seed), dim=-1)
+                            for seed, spread in [(0, 0.2), (1, 0.6), (2, 1.5)]]).float()  # (3, 16, 32)
+    for tol in (1e-6, 1e-2):  # 1e-2: the images stop after different numbers of steps
+        batch = solve_mta(features, text, 100.0, tol=tol)
+        alone = [solve_mta(image, text, 100.0, tol=tol) for image in features]
+        for b, want in enumerate(alone):
+            torch.testing.assert_close(batch.mode[b], want.mode, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(batch.inlierness[b], want.inlierness, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(batch.logits[b], want.logits, atol=1e-5, rtol=1e-5)  # 100 * cos
+
+
+def test_a_batch_of_views_predicts_as_one_at_a_time():
+    method = build_method("mta", {"precision": "fp32"})
+    method.setup(tiny_clip(), CLASSES, "I")
+    views = torch.randn(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    logits, skipped = method.predict_batch(views)
+    single = torch.stack([method.predict(image_views) for image_views in views])
+    assert skipped == [0, 0, 0] and logits.shape == (3, len(CLASSES))
+    torch.testing.assert_close(logits, single, atol=1e-5, rtol=1e-5)
+    assert torch.equal(logits.argmax(-1), single.argmax(-1))

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mintclip.adapt import build_method
-from mintclip.adapt.zero import zero_vote
+from mintclip.adapt.zero import zero_vote, zero_votes
 from tests.conftest import tiny_clip
 
 CLASSES = ["goldfish", "great white shark", "jay", "tabby cat"]
@@ -81,3 +81,27 @@ def test_config_overrides_and_errors():
     assert (method.config.gamma, method.config.tie_break) == (0.1, "confidence")
     with pytest.raises(ValueError, match="tie_break"):
         build_method("zero", {"tie_break": "random"})
+
+
+def test_votes_of_a_batch_are_each_images_own_ties_included():
+    # the scripted images above: a clear winner, a tie broken by a later view, a tie no later view names
+    batch = torch.stack([
+        scripted((0, 1), (0, 1), (1, 10), (0, 1), (0, 1), (1, 8), (0, 1), (3, 9), (0, 1), (0, 1)),
+        scripted((2, 20), (3, 19), (0, 18), (1, 2), (3, 1), (1, 2), (1, 2), (1, 2), (1, 2), (0, 5)),
+        scripted((0, 20), (2, 19), (3, 18), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)),
+    ])
+    batch[2, 3, 2], batch[2, 3, 0] = 1.0, 0.5
+    for tie_break in ("view_order", "confidence"):
+        expected = torch.stack([zero_vote(logits, 0.3, tie_break) for logits in batch])
+        torch.testing.assert_close(zero_votes(batch, 0.3, tie_break), expected, atol=0, rtol=0)
+
+
+def test_a_batch_of_images_predicts_as_one_at_a_time():
+    method = build_method("zero", {"precision": "fp32"})
+    method.setup(tiny_clip(), CLASSES, "I")
+    views = torch.randn(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    scores, skipped = method.predict_batch(views)
+    single = torch.stack([method.predict(image_views) for image_views in views])
+    assert skipped == [0, 0, 0] and scores.shape == (3, len(CLASSES))
+    torch.testing.assert_close(scores, single, atol=1e-6, rtol=1e-5)
+    assert torch.equal(scores.floor(), single.floor()) and torch.equal(scores.argmax(-1), single.argmax(-1))

@@ -73,6 +73,20 @@ class Method(ABC):
     def predict(self, views: Tensor) -> Tensor:
         """views (V, 3, H, W) on the model's device, view 0 the original -> fp32 logits (C,)."""
 
+    def predict_batch(self, views: Tensor) -> tuple[Tensor, list[int]]:
+        """views (B, V, 3, H, W), image b's views in views[b] (view 0 the original) -> (fp32 logits (B, C),
+        skipped updates per image). Episodic methods may adapt the B images together, with the same
+        predictions as B calls of `predict`; this default is those calls, in order, which is also the only
+        right way for an online method (each image sees the state the previous one left). The counts are
+        returned, not left in `skipped_updates`."""
+        logits, skipped = [], []
+        for image_views in views:
+            self.skipped_updates = 0
+            logits.append(self.predict(image_views))
+            skipped.append(self.skipped_updates)
+        self.skipped_updates = 0
+        return torch.stack(logits), skipped
+
     def notes(self) -> list[str]:
         """Lines for the run's summary: choices a reader of the results must know (e.g. the prompt's start)."""
         return []
@@ -96,9 +110,10 @@ class Method(ABC):
 
     @torch.no_grad()
     def encode_views(self, views: Tensor) -> Tensor:
-        """(V, 3, H, W) -> (V, D) L2-normalised fp32 image features; the frozen encoder runs under autocast."""
+        """(V, 3, H, W) -> (V, D) L2-normalised fp32 image features; the frozen encoder runs under autocast.
+        The views of B images (B, V, 3, H, W) go through it in one pass -> (B, V, D)."""
         with self.autocast():
-            features = self.model.encode_image(views)
+            features = self.model.encode_image(views.flatten(0, -4)).unflatten(0, views.shape[:-3])
         return F.normalize(features.float(), dim=-1)
 
 

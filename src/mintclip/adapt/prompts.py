@@ -99,12 +99,17 @@ class TextPromptLearner(nn.Module):
         with torch.no_grad():
             self.ctx.copy_(self.ctx_start)
 
-    def prefix(self) -> Tensor:
-        return torch.cat([self.sos, self.ctx.to(self.sos.dtype)], dim=0)  # (1 + n_ctx, W)
+    def prefix(self, ctx: Tensor | None = None) -> Tensor:
+        """SOS + context: (1 + n_ctx, W) for `self.ctx`, or (K, 1 + n_ctx, W) for K contexts (K, n_ctx, W)."""
+        ctx = self.ctx if ctx is None else ctx
+        sos = self.sos.expand(*ctx.shape[:-2], -1, -1)  # (1, W) or (K, 1, W)
+        return torch.cat([sos, ctx.to(self.sos.dtype)], dim=-2)
 
-    def forward(self) -> Tensor:
+    def forward(self, ctx: Tensor | None = None) -> Tensor:
+        """(C, D) normalised class features of `self.ctx`; given K contexts (K, n_ctx, W), (K, C, D) in one
+        pass of the text encoder (one prompt per test image of a batch), with grad to them."""
         n_prefix = 1 + self.n_ctx
-        features = self.model.text.encode_shared_prefix(self.prefix(), self.suffix, self.eot_index - n_prefix,
+        features = self.model.text.encode_shared_prefix(self.prefix(ctx), self.suffix, self.eot_index - n_prefix,
                                                         length=self.length - n_prefix)
         return F.normalize(features.float(), dim=-1)
 

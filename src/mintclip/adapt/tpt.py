@@ -10,7 +10,10 @@ Exact savings over the reference (performance.md §2.3, §3 item 5), none of whi
 * class prompts go through `TextPromptLearner`'s EOT-truncated, shared-prefix path;
 * the context is reset to the same start for every image, so the step-1 text graph is the same for every
   image of a set: it is built once per set and back-propagated with `retain_graph` (`reuse_step0_graph`);
-* gradients are taken with respect to the context only, never the frozen CLIP weights.
+* gradients are taken with respect to the context only, never the frozen CLIP weights;
+* several test images at once (`predict_batch`): their views go through the image encoder together, and
+  their B contexts are one (B, n_ctx, W) tensor, stepped by one AdamW (elementwise, so each row gets its
+  own image's update); the step-1 graph serves all B through one batched backward.
 
 Precision: the reference runs fp16 autocast with `GradScaler(init_scale=1000)`. Here the encoders run
 under `self.autocast()` (bf16 on GPU, fp32 on CPU) while logits, softmax and entropies are fp32; bf16 has
@@ -83,15 +86,16 @@ class TPT(Method):
 
     # -- the pieces, each usable alone ---------------------------------------------------------------
 
-    def text_features(self) -> Tensor:
-        """(C, D) normalised fp32 class features of the current context, with grad to it."""
+    def text_features(self, ctx: Tensor | None = None) -> Tensor:
+        """(C, D) normalised fp32 class features of the current context, with grad to it; of B contexts
+        ctx (B, n_ctx, W) instead: (B, C, D), one pass of the text encoder."""
         with self.autocast():
-            return self.learner()
+            return self.learner(ctx)
 
     def logits(self, image_features: Tensor, text_features: Tensor) -> Tensor:
-        """fp32 logit_scale.exp() * cos: (V, D), (C, D) -> (V, C)."""
+        """fp32 logit_scale.exp() * cos: (V, D), (C, D) -> (V, C); per image (B, V, D), (B, C, D) -> (B, V, C)."""
         scale = self.model.logit_scale.detach().float().exp()
-        return scale * image_features.float() @ text_features.float().t()
+        return scale * image_features.float() @ text_features.float().mT
 
     def objective(self, logits: Tensor, text_features: Tensor) -> Tensor:
         """The loss on the selected views' logits; TPT: their marginal entropy. C-TPT adds to it."""
@@ -145,6 +149,53 @@ class TPT(Method):
             logits = self.logits(image_features[:1], self.text_features())[0]
         self.reset()  # episodic: nothing of this image is left behind
         return logits
+
+    def predict_batch(self, views: Tensor) -> tuple[Tensor, list[int]]:
+        """B images tuned together (views (B, V, 3, H, W)), the same predictions as `predict` on each: one
+        image-encoder pass, B contexts as one (B, n_ctx, W) tensor, the text encoder over B prefixes at
+        once. `reference_order` keeps the per-image loop, the yardstick."""
+        if self.config.reference_order or len(views) == 1:
+            return super().predict_batch(views)
+        image_features = self.encode_views(views)  # (B, V, D)
+        ctx = self.adapt_batch(image_features)
+        if ctx is None:  # a non-finite gradient: one image at a time, where guarded_step skips exactly its steps
+            return super().predict_batch(views)
+        with torch.no_grad():
+            logits = self.logits(image_features[:, :1], self.text_features(ctx))[:, 0]  # (B, C)
+        return logits, [0] * len(views)
+
+    def adapt_batch(self, image_features: Tensor) -> Tensor | None:
+        """`adapt` for B images, image_features (B, V, D) -> their tuned contexts (B, n_ctx, W), or None as
+        soon as any image's gradient is non-finite (its step would be skipped and the images' AdamW step
+        counts would part). Each image's loss reaches only its own row, and a fresh AdamW per image with
+        one shared step count is elementwise, so one AdamW over the B rows is B separate ones."""
+        cfg = self.config
+        n_images = image_features.shape[0]
+        ctx = self.learner.ctx_start.expand(n_images, -1, -1).clone().requires_grad_(True)  # (B, n_ctx, W)
+        optimizer = torch.optim.AdamW([ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        selected: list[Tensor] | None = None
+        with torch.enable_grad():
+            for step in range(int(cfg.steps)):
+                shared = step == 0 and cfg.reuse_step0_graph
+                if shared:  # every image starts from the same context: one cached graph serves all
+                    start, graph = self._step0_graph()
+                    text = graph.detach().expand(n_images, -1, -1).clone().requires_grad_(True)  # (B, C, D)
+                else:
+                    text = self.text_features(ctx)  # (B, C, D)
+                logits = self.logits(image_features, text)  # (B, V, C)
+                if selected is None:
+                    selected = [self.select(row) for row in logits.detach()]
+                loss = sum(self.objective(logits[b, selected[b]], text[b]) for b in range(n_images))
+                if shared:
+                    text_grad, = torch.autograd.grad(loss, text)  # (B, C, D), row b from image b's loss alone
+                    grad, = torch.autograd.grad(graph, start, text_grad, retain_graph=True, is_grads_batched=True)
+                else:
+                    grad, = torch.autograd.grad(loss, ctx)  # (B, n_ctx, W)
+                if not bool(torch.isfinite(grad).all()):
+                    return None
+                ctx.grad = grad
+                optimizer.step()
+        return ctx.detach()
 
     def predict_in_reference_order(self, views: Tensor) -> Tensor:
         """tpt_classification.py's order: test_time_tuning re-encodes the views in every step's forward,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import MethodConfig, register
@@ -58,16 +59,22 @@ def zero_vote(logits: Tensor, gamma: float = 0.3, tie_break: str = "view_order")
     """ZERO on one image: logits (V, C) at the model's temperature -> (C,) scores whose argmax is ZERO's
     prediction: votes of the int(V * gamma) most confident views, +1 for a tie's winner, plus a confidence
     term below one vote (module docstring)."""
-    n_views, n_classes = logits.shape
+    return zero_votes(logits[None], gamma, tie_break)[0]
+
+
+def zero_votes(logits: Tensor, gamma: float = 0.3, tie_break: str = "view_order") -> Tensor:
+    """`zero_vote` for B images at once, logits (B, V, C) -> (B, C); only tied images are walked one by one."""
+    n_views, n_classes = logits.shape[-2:]
     logits = logits.float()
     n_keep = int(n_views * gamma)
-    order = entropy(logits).argsort()  # (V,) most confident first
-    votes = torch.bincount(logits[order[:n_keep]].argmax(-1), minlength=n_classes).float()  # (C,)
-    tied = votes == votes.max()  # (C,) bool
-    if tied.sum() > 1:
-        fallback = logits[n_keep:] if tie_break == "view_order" else logits[order[n_keep:]]  # (V - n_keep, C)
-        votes[break_tie(tied, fallback)] += 1
-    return votes + SECONDARY_WEIGHT * logits.softmax(-1).mean(0)
+    order = entropy(logits).argsort(-1)  # (B, V) most confident first
+    kept = logits.gather(1, order[:, :n_keep, None].expand(-1, -1, n_classes)).argmax(-1)  # (B, n_keep)
+    votes = F.one_hot(kept, n_classes).sum(1).float()  # (B, C)
+    tied = votes == votes.max(-1, keepdim=True).values  # (B, C) bool
+    for b in (tied.sum(-1) > 1).nonzero()[:, 0].tolist():
+        fallback = logits[b, n_keep:] if tie_break == "view_order" else logits[b, order[b, n_keep:]]  # (V - n_keep, C)
+        votes[b, break_tie(tied[b], fallback)] += 1
+    return votes + SECONDARY_WEIGHT * logits.softmax(-1).mean(-2)
 
 
 def break_tie(tied: Tensor, fallback: Tensor) -> Tensor:
@@ -98,3 +105,9 @@ class Zero(FixedPromptMethod):
     @torch.no_grad()
     def predict(self, views: Tensor) -> Tensor:
         return zero_vote(self.view_logits(views), self.config.gamma, self.config.tie_break)
+
+    @torch.no_grad()
+    def predict_batch(self, views: Tensor) -> tuple[Tensor, list[int]]:
+        """All B * V views (B, V, 3, H, W) through the encoder in one pass, then the B votes together."""
+        logits = self.view_logits(views)  # (B, V, C)
+        return zero_votes(logits, self.config.gamma, self.config.tie_break), [0] * len(views)

@@ -40,7 +40,7 @@ class FixedPromptMethod(Method):
             self.text = encode_class_prompts(model, classnames, templates)  # (C, D)
 
     def view_logits(self, views: Tensor) -> Tensor:
-        """(V, C) fp32 logits = logit_scale.exp() * cos(view, class)."""
+        """(V, C) fp32 logits = logit_scale.exp() * cos(view, class); the views of B images -> (B, V, C)."""
         return self.model.logit_scale.exp().float() * self.encode_views(views) @ self.text.T
 
 
