@@ -8,6 +8,9 @@ Each (method, path) runs in its own process, so its peak memory is its own: on C
 torch.cuda.max_memory_allocated over the images less what was allocated before the first (model, text,
 bank); on CPU the growth of the peak resident set (getrusage ru_maxrss). The first `warmup` images are
 not timed (allocator, kernel selection, lazy imports).
+
+Episodic methods can take `batch_images` test images per call (`Method.predict_batch`); the figures stay
+per image. Online methods are sequential by nature, so they always take one (their rows say so).
 """
 
 from __future__ import annotations
@@ -42,12 +45,13 @@ class Timing:
     method: str
     path: str  # "mintclip" or "reference"
     ms_per_image: float
-    median_ms: float
+    median_ms: float  # the median call's time, per image
     images_per_s: float
     peak_mib: float
     memory: str
     model: str
     threads: int
+    batch_images: int = 1  # test images per call: predict_batch when above 1
 
 
 def build_clip(arch: str, device: str) -> CLIP:
@@ -79,8 +83,9 @@ def _maxrss_mib() -> float:
 
 
 def time_method(method_name: str, path: str, arch: str, classes: int, views: int, images: int, warmup: int,
-                device: str, precision: str) -> Timing:
-    """In this process: build the model and the method, then run warm-up and timed images."""
+                device: str, precision: str, batch_images: int = 1) -> Timing:
+    """In this process: build the model and the method, then run warm-up and timed images, `batch_images`
+    per call for an episodic method (images and warmup rounded up to whole calls), one for an online one."""
     overrides = {"precision": precision, **(REFERENCE_ORDER.get(method_name, {}) if path == "reference" else {})}
     if method_name == "mint":
         overrides["query_layers"] = ARCHS[arch][-1]
@@ -90,8 +95,11 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
     model = build_clip(arch, device)
     method.setup(model, class_names(classes), "bench")
     size = model.config.vision.image_size
+    per_call = 1 if method.online else max(1, batch_images)
+    warmup_calls, timed_calls = -(-warmup // per_call), -(-images // per_call)
+    shape = (views, 3, size, size) if per_call == 1 else (per_call, views, 3, size, size)
     generator = torch.Generator().manual_seed(1)
-    batches = [torch.randn(views, 3, size, size, generator=generator) for _ in range(warmup + images)]
+    batches = [torch.randn(shape, generator=generator) for _ in range(warmup_calls + timed_calls)]
     _sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -103,9 +111,9 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
         batch = batch.to(device)
         _sync(device)
         start = time.perf_counter()
-        logits = method.predict(batch)
+        logits = method.predict(batch) if per_call == 1 else method.predict_batch(batch)[0]
         _sync(device)
-        if i >= warmup:
+        if i >= warmup_calls:
             seconds.append(time.perf_counter() - start)
         if not torch.isfinite(logits).all():
             raise RuntimeError(f"{method_name} ({path}) gave non-finite logits")
@@ -113,20 +121,21 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
         peak, memory = (torch.cuda.max_memory_allocated() - baseline) / 2**20, "CUDA max_memory_allocated above the model's"
     else:
         peak, memory = _maxrss_mib() - baseline, "CPU peak resident-set growth (getrusage ru_maxrss)"
-    ms = 1000 * sum(seconds) / len(seconds)
-    return Timing(method_name, path, ms, 1000 * float(np.median(seconds)), 1000 / ms, peak, memory,
-                  model.config.arch_name, torch.get_num_threads())
+    ms = 1000 * sum(seconds) / (len(seconds) * per_call)
+    return Timing(method_name, path, ms, 1000 * float(np.median(seconds)) / per_call, 1000 / ms, peak, memory,
+                  model.config.arch_name, torch.get_num_threads(), per_call)
 
 
 def run_benchmark(methods: list[str], arch: str, classes: int, views: int, images: int, warmup: int, device: str,
-                  precision: str) -> list[Timing]:
+                  precision: str, batch_images: int = 1) -> list[Timing]:
     """Every (method, path) in a child process of its own; returns the timings in order."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             for path in ["mintclip", "reference"] if method in REFERENCE_ORDER else ["mintclip"]:
                 out = Path(tmp) / f"{method}-{path}.json"
-                spec = json.dumps([method, path, arch, classes, views, images, warmup, device, precision])
+                spec = json.dumps([method, path, arch, classes, views, images, warmup, device, precision,
+                                   batch_images])
                 code = ("import json, sys; from dataclasses import asdict; from mintclip.bench import time_method; "
                         "open(sys.argv[2], 'w').write(json.dumps(asdict(time_method(*json.loads(sys.argv[1])))))")
                 subprocess.run([sys.executable, "-c", code, spec, str(out)], check=True)
@@ -135,10 +144,11 @@ def run_benchmark(methods: list[str], arch: str, classes: int, views: int, image
 
 
 def format_table(results: list[Timing], header: str) -> str:
-    lines = [header, f"{'method':<10} {'path':<10} {'ms/image':>10} {'median ms':>10} {'images/s':>9} {'peak MiB':>9}"]
+    lines = [header, f"{'method':<10} {'path':<10} {'ms/image':>10} {'median ms':>10} {'images/s':>9} {'peak MiB':>9} "
+                     f"{'imgs/call':>9}"]
     for r in results:
         lines.append(f"{r.method:<10} {r.path:<10} {r.ms_per_image:>10.1f} {r.median_ms:>10.1f} {r.images_per_s:>9.3f} "
-                     f"{r.peak_mib:>9.0f}")
+                     f"{r.peak_mib:>9.0f} {r.batch_images:>9}")
     by_key = {(r.method, r.path): r for r in results}
     for method in dict.fromkeys(r.method for r in results):
         if (method, "reference") in by_key:
