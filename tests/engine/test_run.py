@@ -154,6 +154,35 @@ def test_online_sub_streams_are_independent_and_resume_exactly(tmp_path, checkpo
     assert not list(killed.glob("seed0/folder/records.stream*"))
 
 
+def test_images_adapted_in_batches_give_the_predictions_of_one_at_a_time(tmp_path, checkpoint):
+    data = random_images(tmp_path / "tree", ["cat", "dog"], per_class=5)
+    (data / "dog" / "1.png").write_bytes(b"not an image")
+    args = ["--hp", "precision=fp32", "n_views=8"]
+    assert main(run_args(data, checkpoint, tmp_path / "one", "tpt", *args)) == 0
+    assert main(run_args(data, checkpoint, tmp_path / "three", "tpt", *args, "--batch-images", "3")) == 0
+    one, three = (read_records(tmp_path / out / "seed0" / "folder" / "records.jsonl") for out in ("one", "three"))
+    assert [r.get("skipped") for r in three] == [r.get("skipped") for r in one] and len(three) == 10
+    for a, b in zip(one, three):
+        assert (a["index"], a.get("zeroshot")) == (b["index"], b.get("zeroshot"))
+        if "top5" in a:
+            assert [c for c, _ in a["top5"]] == [c for c, _ in b["top5"]]
+            assert all(abs(p - q) < 1e-5 for (_, p), (_, q) in zip(a["top5"], b["top5"]))
+    timing = json.loads((tmp_path / "three" / "seed0" / "folder" / "timing.json").read_text())
+    assert timing["images"] == 9  # the unreadable image took no adaptation
+
+
+def test_a_batched_run_resumes_at_a_group_boundary(tmp_path, checkpoint):
+    """A kill while a group of 4 is being written leaves 6 records: resume redoes the whole group 4-7."""
+    data = random_images(tmp_path / "tree", ["cat", "dog"], per_class=6)
+    args = ["--hp", "precision=fp32", "n_views=8", "--batch-images", "4"]
+    for out in ("whole", "killed"):
+        assert main(run_args(data, checkpoint, tmp_path / out, "tpt", *args)) == 0
+    records = tmp_path / "killed" / "seed0" / "folder" / "records.jsonl"
+    records.write_text("".join(records.read_text().splitlines(keepends=True)[:6]))
+    assert main(run_args(data, checkpoint, tmp_path / "killed", "tpt", *args, "--resume")) == 0
+    assert comparable(tmp_path / "killed") == comparable(tmp_path / "whole")
+
+
 def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
     cases = [
         (run_args(tree, checkpoint, tmp_path / "a", "tpt")[:3] + ["Q", *run_args(tree, checkpoint, tmp_path / "a", "tpt")[4:]],
@@ -165,6 +194,7 @@ def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
         (run_args(tree, checkpoint, tmp_path / "e", "tpt", "--hp", "lr=fast"), "could not convert"),
         (run_args(tree, checkpoint, tmp_path / "f", "mint"), "need blocks that this 3-block ViT lacks"),
         (run_args(tree, checkpoint, tmp_path / "g", "tpt", "--online-shards", "2"), "needs an online method"),
+        (run_args(tree, checkpoint, tmp_path / "h", "tda", "--batch-images", "4"), "1 for an online method"),
     ]
     for args, message in cases:
         assert main(args) == 2

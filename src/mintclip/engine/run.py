@@ -38,6 +38,9 @@ class RunError(ValueError):
     """A run that cannot start as asked; one line saying why and what to do."""
 
 
+LATER_OPTIONS = {"online_shards": None, "batch_images": 1}  # options added after runs were made: their defaults
+
+
 @dataclass
 class RunConfig:
     data_root: str
@@ -53,6 +56,7 @@ class RunConfig:
     augmix: str = "auto"  # "auto": the method's choice, else the set's reference default; "on"; "off"
     limit: int | None = None  # at most this many samples per set (quick looks)
     save_every: int = 50  # samples between saves of online state
+    batch_images: int = 1  # episodic methods: test images adapted together (same predictions, other rounding)
     online_shards: int | None = None  # online methods: K independent sub-streams per set (None: one stream)
     resume: bool = False
     progress: bool = True
@@ -62,8 +66,9 @@ class RunConfig:
         d = dataclasses.asdict(self)
         for key in ("resume", "progress", "workers", "device", "save_every"):
             d.pop(key)
-        if d["online_shards"] is None:  # so that runs from before the option resume
-            d.pop("online_shards")
+        for key, default in LATER_OPTIONS.items():  # left out at their default, so that older runs resume
+            if d[key] == default:
+                d.pop(key)
         return d
 
 
@@ -88,6 +93,9 @@ def prepare(config: RunConfig) -> Prepared:
     if config.online_shards is not None and (not method.online or config.online_shards < 1):
         raise RunError(f"--online-shards {config.online_shards}: needs an online method (mint, tda, dynaprompt) and "
                        f"K >= 1; {method.name} is {'online' if method.online else 'episodic, sharded by sample already'}")
+    if config.batch_images < 1 or (config.batch_images > 1 and method.online):
+        raise RunError(f"--batch-images {config.batch_images}: needs B >= 1, and 1 for an online method, which adapts "
+                       "one image at a time in stream order")
     datasets = {s: open_dataset(config.data_root, s) for s in set_ids}
     out = Path(config.out)
     saved = out / "config.json"
@@ -137,7 +145,8 @@ def describe(config: RunConfig, prepared: Prepared) -> str:
     """What the run is about to do, in a few lines, before the first image."""
     model, method = prepared.model.config, prepared.method
     lines = [f"mintclip run: {method.name} ({'online' if method.online else 'episodic'}) on {config.device}, "
-             f"seeds {config.seeds}, writing to {config.out}",
+             f"seeds {config.seeds}{f', {config.batch_images} images at a time' if config.batch_images > 1 else ''}, "
+             f"writing to {config.out}",
              f"  model {model.arch_name}, act {model.act}, {model.preprocess.image_size}px "
              f"{model.preprocess.interpolation}, sha256 {model.sources.get('sha256', '?')[:12]}"]
     lines += [f"  {ds.summary()}" for ds in prepared.datasets.values()]
@@ -233,6 +242,7 @@ def run_episodic_set(config: RunConfig, prepared: Prepared, seed: int, folder: P
     mine = order[shard.rank::shard.world]
     shard_records = shard_path(records_path, shard)
     start = min(len(read_records(shard_records)), len(mine)) if config.resume else 0
+    start -= start % config.batch_images  # resume at a group boundary: the same groups, the same rounding
     if start < len(mine):
         prepared.method.setup(prepared.model, dataset.classnames, set_id)
         writer = RecordWriter(shard_records, keep=start)
@@ -328,11 +338,13 @@ def save_diagnostics(diagnostics: dict[str, Any], folder: Path, title: str, suff
 
 def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order: list[int], start: int, seed: int,
             writer: RecordWriter, save_state) -> None:
+    """Positions start.. of `order`, `config.batch_images` at a time (online methods: one), each group's
+    records written in stream order once the group is predicted."""
     model, method = prepared.model, prepared.method
-    device = model.device
     preprocess = model.config.preprocess
     maker = ViewMaker(n_views=method.views_per_image, size=preprocess.image_size, augmix=augmix_for(config, method, dataset),
-                      mean=preprocess.mean, std=preprocess.std, device=device, interpolation=preprocess.interpolation)
+                      mean=preprocess.mean, std=preprocess.std, device=model.device,
+                      interpolation=preprocess.interpolation)
     zeroshot_text = encode_class_prompts(model, dataset.classnames, ["a photo of a {}."])
     correct = scored = 0
     # kept out of the records, so that records are reproducible; one file per process (timing.rank0-of-2.json)
@@ -340,36 +352,54 @@ def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order:
     timing = json.loads(timing_path.read_text()) if start and timing_path.is_file() else {"images": 0, "seconds": 0.0}
     bar = tqdm(total=len(order), initial=start, desc=f"{method.name} {dataset.set_id}", disable=not config.progress,
                unit="img", dynamic_ncols=True)
+    group: list = []
     for position, item in enumerate(stream_images(dataset, order[start:], config.workers,
                                                   min_side_for(preprocess.image_size)), start=start):
-        sample = {"index": item.index, "path": item.path, "label": item.label}
-        if item.image is None:
-            writer.write({**sample, "skipped": item.skip_reason})
-        else:
-            began = time.perf_counter()
-            views = maker(item.image.to(device), seed, item.index)
-            method.skipped_updates = 0
-            logits = method.predict(views).float()
-            with torch.no_grad(), autocast_for(device, method.config.precision):
-                view0 = F.normalize(model.encode_image(views[:1]).float(), dim=-1)
-            skips = {"skipped_updates": method.skipped_updates} if method.skipped_updates else {}
-            if not bool(torch.isfinite(logits).all()):
-                writer.write({**sample, "skipped": "non-finite logits", **skips})
-            else:
-                top = logits.softmax(-1).topk(min(5, logits.shape[-1]))
-                probs, classes = top.values.tolist(), top.indices.tolist()  # one read-back each, not one per entry
-                record = {**sample, "top5": [[c, round(p, 6)] for p, c in zip(probs, classes)],
-                          "zeroshot": int((view0 @ zeroshot_text.T).argmax()), **skips}
-                writer.write(record)
-                scored += 1
-                correct += record["top5"][0][0] == item.label
-                bar.set_postfix(top1=f"{100 * correct / scored:.2f}")
-            timing["images"] += 1
+        group.append(item)
+        if len(group) < config.batch_images and position + 1 < len(order):
+            continue
+        began = time.perf_counter()
+        records = predict_group(model, method, maker, zeroshot_text, seed, group)
+        readable = sum(item.image is not None for item in group)
+        if readable:
+            timing["images"] += readable
             timing["seconds"] += time.perf_counter() - began
-        bar.update()
+        for record in records:
+            writer.write(record)
+            if "top5" in record:
+                scored += 1
+                correct += record["top5"][0][0] == record["label"]
+        bar.set_postfix(top1=f"{100 * correct / max(scored, 1):.2f}")
+        bar.update(len(group))
+        group = []
         if method.online and (position + 1) % config.save_every == 0:
             writer.sync()
             save_state(position + 1)
     bar.close()
     writer.sync()
     atomic_write_json(timing_path, {**timing, "images_per_second": timing["images"] / max(timing["seconds"], 1e-9)})
+
+
+def predict_group(model: CLIP, method: Method, maker: ViewMaker, zeroshot_text: torch.Tensor, seed: int,
+                  group: list) -> list[dict[str, Any]]:
+    """The records of consecutive stream items: the readable images adapted together by
+    `method.predict_batch`, with view 0's zero-shot prediction; unreadable ones recorded as skips."""
+    images = [item for item in group if item.image is not None]
+    predicted: dict[int, dict[str, Any]] = {}
+    if images:
+        views = torch.stack([maker(item.image.to(model.device), seed, item.index) for item in images])  # (B, V, 3, H, W)
+        logits, skipped = method.predict_batch(views)
+        logits = logits.float()  # (B, C)
+        with torch.no_grad(), autocast_for(model.device, method.config.precision):
+            view0 = F.normalize(model.encode_image(views[:, 0]).float(), dim=-1)  # (B, D)
+        top = logits.softmax(-1).topk(min(5, logits.shape[-1]))
+        # one read-back per quantity for the whole group, not one per entry
+        probs, classes, finite = top.values.tolist(), top.indices.tolist(), torch.isfinite(logits).all(-1).tolist()
+        zeroshot = (view0 @ zeroshot_text.T).argmax(-1).tolist()
+        for b, item in enumerate(images):
+            skips = {"skipped_updates": skipped[b]} if skipped[b] else {}
+            predicted[id(item)] = ({"top5": [[c, round(p, 6)] for p, c in zip(probs[b], classes[b])],
+                                    "zeroshot": zeroshot[b], **skips} if finite[b]
+                                   else {"skipped": "non-finite logits", **skips})
+    return [{"index": item.index, "path": item.path, "label": item.label,
+             **(predicted[id(item)] if item.image is not None else {"skipped": item.skip_reason})} for item in group]
