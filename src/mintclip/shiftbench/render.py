@@ -1,15 +1,15 @@
-"""Procedural images of 20 object classes: a photo-like source style and four shifted domains.
+"""Procedural images of the 20 shiftbench classes: a photo-like source style and four shifted domains.
 
-Each class is a list of polygons in a unit frame (y down); one transform places them, so the same geometry
-gives the filled object, the pencil outline and the occlusion check. All randomness comes from the generator
-passed in, so an image is a pure function of (seed, domain, label, index). Images are composed as float
+The classes' polygons come from shapes.py in a unit frame (y down); one transform places them, so the same
+geometry gives the filled object, the pencil outline and the occlusion check. All randomness comes from the
+generator passed in, so an image is a pure function of (seed, domain, label, index). Images are composed as float
 arrays channel-first, (3, H, W): colours are (3, 1, 1) and masks (H, W), which broadcast fast.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,97 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .shapes import CLASSES, SHAPES, Parts, rect, regular, rotation
+
 DOMAINS: tuple[str, ...] = ("source", "sketch", "rendition", "hard", "resampled")
 SHIFTED: tuple[str, ...] = DOMAINS[1:]
 SS = 2  # supersampling: polygons are drawn at SS times the size, then box-filtered down (antialiasing)
 REF = 96  # lengths in pixels (stroke widths, blur radii) are for a REF px image and scale with the size
-
-Parts = list[tuple[str, np.ndarray]]  # ("add" | "cut" | "detail", (n, 2) points); details are dark inner parts
-
-
-# --- geometry of the classes --------------------------------------------------------------------------------
-
-def _ellipse(cx: float, cy: float, rx: float, ry: float, a0: float = 0.0, a1: float = 2 * np.pi) -> np.ndarray:
-    t = np.linspace(a0, a1, 40, endpoint=a1 - a0 < 2 * np.pi)
-    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
-
-
-def _circle(cx: float, cy: float, r: float) -> np.ndarray:
-    return _ellipse(cx, cy, r, r)
-
-
-def _rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
-    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
-
-
-def _regular(corners: int, r: float) -> np.ndarray:
-    t = -np.pi / 2 + np.arange(corners) * 2 * np.pi / corners
-    return r * np.stack([np.cos(t), np.sin(t)], 1)
-
-
-def _turn(angle: float) -> np.ndarray:
-    """Right-multiplying (n, 2) points by this turns them by angle (clockwise on screen, y down)."""
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, s], [-s, c]])
-
-
-def _heart() -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
-    y = 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t)
-    return np.stack([16 * np.sin(t) ** 3, 2.5 - y], 1) / 16.5
-
-
-def _tree(rng: np.random.Generator) -> Parts:
-    trunk = [("add", _rect(-0.14, 0.3, 0.14, 1.0))]
-    if rng.random() < 0.5:  # a leafy crown of overlapping discs
-        return trunk + [("add", _circle(x, y, r)) for x, y, r in
-                        [(0, -0.45, 0.5), (-0.38, -0.12, 0.4), (0.38, -0.12, 0.4), (0, -0.05, 0.45)]]
-    return trunk + [("add", np.array([[-w, y + 0.55], [0, y], [w, y + 0.55]])) for w, y in  # a pine
-                    [(0.8, -0.05), (0.65, -0.5), (0.5, -0.95)]]
-
-
-SHAPES: dict[str, Callable[[np.random.Generator], Parts]] = {
-    "circle": lambda r: [("add", _circle(0, 0, 1))],
-    "square": lambda r: [("add", _rect(-0.85, -0.85, 0.85, 0.85))],
-    "triangle": lambda r: [("add", _regular(3, 1.15) + [0, 0.29])],
-    "star": lambda r: [("add", _regular(10, 1) * np.tile([[1], [0.42]], (5, 1)) + [0, 0.1])],
-    "heart": lambda r: [("add", _heart())],
-    "cross": lambda r: [("add", _rect(-0.3, -0.95, 0.3, 0.95)), ("add", _rect(-0.95, -0.3, 0.95, 0.3))],
-    "arrow": lambda r: [("add", np.array([[-0.95, -0.2], [0.15, -0.2], [0.15, -0.6], [0.95, 0], [0.15, 0.6],
-                                          [0.15, 0.2], [-0.95, 0.2]]))],
-    "moon": lambda r: [("add", _circle(0, 0, 1)), ("cut", _circle(0.5, -0.25, 0.85))],
-    "ring": lambda r: [("add", _circle(0, 0, 1)), ("cut", _circle(0, 0, 0.55))],
-    "hexagon": lambda r: [("add", _regular(6, 1))],
-    "diamond": lambda r: [("add", np.array([[0, -1], [0.6, 0], [0, 1], [-0.6, 0]]))],
-    "house": lambda r: [("add", _rect(-0.7, -0.1, 0.7, 0.95)), ("add", _rect(0.35, -0.8, 0.58, -0.2)),
-                        ("add", np.array([[-0.95, -0.05], [0, -0.95], [0.95, -0.05]])),
-                        ("cut", _rect(-0.17, 0.4, 0.17, 0.95)), ("cut", _rect(-0.55, 0.1, -0.3, 0.35))],
-    "tree": _tree,
-    "car": lambda r: [("add", _rect(-1, -0.05, 1, 0.45)),
-                      ("add", np.array([[-0.6, 0], [-0.35, -0.5], [0.35, -0.5], [0.62, 0]])),
-                      ("cut", np.array([[-0.45, -0.05], [-0.29, -0.38], [-0.04, -0.38], [-0.04, -0.05]])),
-                      ("cut", np.array([[0.04, -0.05], [0.04, -0.38], [0.29, -0.38], [0.47, -0.05]])),
-                      ("detail", _circle(-0.55, 0.45, 0.27)), ("detail", _circle(0.55, 0.45, 0.27))],
-    "fish": lambda r: [("add", _ellipse(-0.2, 0, 0.7, 0.45)),
-                       ("add", np.array([[0.35, 0], [1.0, -0.5], [0.85, 0], [1.0, 0.5]])),
-                       ("detail", _circle(-0.55, -0.1, 0.09))],
-    "flower": lambda r: [("add", _ellipse(0, -0.55, 0.28, 0.45) @ _turn(a)) for a in np.arange(6) * np.pi / 3]
-                        + [("detail", _circle(0, 0, 0.3))],
-    "umbrella": lambda r: [("add", _ellipse(0, -0.05, 1, 0.85, np.pi, 2 * np.pi))]
-                          + [("cut", _circle(x, 0.05, 0.17)) for x in (-0.5, 0, 0.5)]
-                          + [("add", _rect(-0.07, -0.1, 0.07, 0.75)),  # the handle, and its hook: half a ring
-                             ("add", np.concatenate([_ellipse(-0.2, 0.72, 0.27, 0.27, 0, np.pi),
-                                                     _ellipse(-0.2, 0.72, 0.13, 0.13, 0, np.pi)[::-1]]))],
-    "key": lambda r: [("add", _circle(-0.6, 0, 0.38)), ("cut", _circle(-0.6, 0, 0.17)),
-                      ("add", _rect(-0.3, -0.1, 0.95, 0.1)), ("add", _rect(0.52, 0.05, 0.66, 0.38)),
-                      ("add", _rect(0.78, 0.05, 0.93, 0.45))],
-    "mushroom": lambda r: [("add", _ellipse(0, 0, 1, 0.9, np.pi, 2 * np.pi)),
-                           ("add", np.array([[-0.3, -0.05], [0.3, -0.05], [0.38, 0.85], [-0.38, 0.85]]))]
-                          + [("detail", _circle(x, y, 0.14)) for x, y in [(-0.45, -0.35), (0.1, -0.6), (0.5, -0.3)]],
-    "lightning bolt": lambda r: [("add", np.array([[0.15, -1], [-0.5, 0.15], [0, 0.15], [-0.25, 1], [0.55, -0.25],
-                                                   [0.05, -0.25], [0.4, -1]]))],
-}
-CLASSES: tuple[str, ...] = tuple(SHAPES)
 
 
 # --- placing and drawing one object -------------------------------------------------------------------------
@@ -165,7 +80,7 @@ def _place(label: int, rng: np.random.Generator, size: int, turn: float, scales:
     else:
         offset = rng.uniform(-0.6, 0.6, 2) * room
     centre = size / 2 + offset
-    rot = _turn(np.radians(rng.uniform(-turn, turn)))
+    rot = rotation(np.radians(rng.uniform(-turn, turn)))
     stretch = np.array([1, rng.uniform(0.85, 1.15)])
     polys = [(kind, ((pts * stretch) @ rot * half + centre) * SS) for kind, pts in SHAPES[CLASSES[label]](rng)]
     y, x = (_grid(size) * size - centre[::-1, None, None]) / half
@@ -450,7 +365,7 @@ def _clutter(img: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray
             pts, width = centre + rng.normal(0, r, (3, 2)), round(rng.uniform(2, 5) * SS * size / REF)
             draw.line(pts.ravel().tolist(), fill=colour, width=width, joint="curve")
         else:
-            pts = centre + rng.normal(0, r, (4, 2)) * [1, 0.3] @ _turn(rng.uniform(0, np.pi))
+            pts = centre + rng.normal(0, r, (4, 2)) * [1, 0.3] @ rotation(rng.uniform(0, np.pi))
             draw.polygon(pts.ravel().tolist(), fill=colour)
     layer = np.asarray(layer.resize((size, size), Image.BOX), np.float32).transpose(2, 0, 1)
     cover = layer[3] / 255
@@ -462,11 +377,11 @@ def _occlude(img: np.ndarray, shape: _Shape, rng: np.random.Generator) -> None:
     bar = rng.random() < 0.5
     for shrink in (1.0, 0.75, 0.55, 0.4, 0.3):
         if bar:
-            pts = _rect(-1.5, -1, 1.5, 1) * [1, rng.uniform(0.1, 0.2) * shrink] @ _turn(rng.uniform(0, np.pi))
+            pts = rect(-1.5, -1, 1.5, 1) * [1, rng.uniform(0.1, 0.2) * shrink] @ rotation(rng.uniform(0, np.pi))
             pts = pts + rng.uniform(-0.5, 0.5, 2)
         else:
-            pts = (_regular(4, rng.uniform(0.3, 0.55) * shrink) @ _turn(rng.uniform(0, np.pi))
-                   + 0.7 * _turn(rng.uniform(0, 2 * np.pi))[0])
+            pts = (regular(4, rng.uniform(0.3, 0.55) * shrink) @ rotation(rng.uniform(0, np.pi))
+                   + 0.7 * rotation(rng.uniform(0, 2 * np.pi))[0])
         cover = _raster([("add", (pts * shape.half + shape.centre) * SS)], img.shape[1])[0]
         if (cover * shape.alpha).sum() <= 0.3 * shape.alpha.sum():
             break
