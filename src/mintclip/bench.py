@@ -52,6 +52,7 @@ class Timing:
     model: str
     threads: int
     batch_images: int = 1  # test images per call: predict_batch when above 1
+    compiled: bool = False  # the image encoder under torch.compile (mintclip's path only)
 
 
 def build_clip(arch: str, device: str) -> CLIP:
@@ -83,9 +84,10 @@ def _maxrss_mib() -> float:
 
 
 def time_method(method_name: str, path: str, arch: str, classes: int, views: int, images: int, warmup: int,
-                device: str, precision: str, batch_images: int = 1) -> Timing:
+                device: str, precision: str, batch_images: int = 1, compile_encoder: bool = False) -> Timing:
     """In this process: build the model and the method, then run warm-up and timed images, `batch_images`
-    per call for an episodic method (images and warmup rounded up to whole calls), one for an online one."""
+    per call for an episodic method (images and warmup rounded up to whole calls), one for an online one.
+    `compile_encoder`: mintclip's path runs the image encoder under torch.compile (compiled in warm-up)."""
     overrides = {"precision": precision, **(REFERENCE_ORDER.get(method_name, {}) if path == "reference" else {})}
     if method_name == "mint":
         overrides["query_layers"] = ARCHS[arch][-1]
@@ -93,6 +95,9 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
     if hasattr(method.config, "n_views"):
         method.config.n_views = views
     model = build_clip(arch, device)
+    compiled = compile_encoder and path == "mintclip"
+    if compiled:
+        model.visual.compile(dynamic=False)
     method.setup(model, class_names(classes), "bench")
     size = model.config.vision.image_size
     per_call = 1 if method.online else max(1, batch_images)
@@ -123,11 +128,11 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
         peak, memory = _maxrss_mib() - baseline, "CPU peak resident-set growth (getrusage ru_maxrss)"
     ms = 1000 * sum(seconds) / (len(seconds) * per_call)
     return Timing(method_name, path, ms, 1000 * float(np.median(seconds)) / per_call, 1000 / ms, peak, memory,
-                  model.config.arch_name, torch.get_num_threads(), per_call)
+                  model.config.arch_name, torch.get_num_threads(), per_call, compiled)
 
 
 def run_benchmark(methods: list[str], arch: str, classes: int, views: int, images: int, warmup: int, device: str,
-                  precision: str, batch_images: int = 1) -> list[Timing]:
+                  precision: str, batch_images: int = 1, compile_encoder: bool = False) -> list[Timing]:
     """Every (method, path) in a child process of its own; returns the timings in order."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +140,7 @@ def run_benchmark(methods: list[str], arch: str, classes: int, views: int, image
             for path in ["mintclip", "reference"] if method in REFERENCE_ORDER else ["mintclip"]:
                 out = Path(tmp) / f"{method}-{path}.json"
                 spec = json.dumps([method, path, arch, classes, views, images, warmup, device, precision,
-                                   batch_images])
+                                   batch_images, compile_encoder])
                 code = ("import json, sys; from dataclasses import asdict; from mintclip.bench import time_method; "
                         "open(sys.argv[2], 'w').write(json.dumps(asdict(time_method(*json.loads(sys.argv[1])))))")
                 subprocess.run([sys.executable, "-c", code, spec, str(out)], check=True)

@@ -72,6 +72,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-images", type=int, default=1, metavar="B",
                         help="episodic methods: adapt B test images at once, each with its own prompt and optimiser "
                              "state (the same predictions as one at a time, faster on a GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the frozen image encoder under torch.compile (static shapes; compiles on the first "
+                             "images of each view count; numbers equal up to float rounding)")
     parser.add_argument("--online-shards", type=int, metavar="K",
                         help="online methods: split every set into K independent sub-streams (k, k+K, ...), each "
                              "from a fresh state, spread over the torchrun processes; records depend on K only")
@@ -89,7 +92,8 @@ def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets
     config = RunConfig(data_root=args.root, test_sets=test_sets.split("/"), method=method, weights=weights,
                        out=args.out or f"runs/{method}", seeds=seeds, device=device, workers=args.workers, hp=hp,
                        act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
-                       online_shards=args.online_shards, batch_images=args.batch_images, resume=args.resume,
+                       online_shards=args.online_shards, batch_images=args.batch_images, compile=args.compile,
+                       resume=args.resume,
                        progress=not args.no_progress)
     run(config)
     if Shard.from_env().rank != 0:  # under torchrun, rank 0 speaks for the job
@@ -128,12 +132,13 @@ def _bench(args: argparse.Namespace) -> int:
     device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu")
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     results = run_benchmark(methods, args.arch, args.classes, args.views, args.images, args.warmup, device,
-                            args.precision, batch_images=args.batch_images)
+                            args.precision, batch_images=args.batch_images, compile_encoder=args.compile)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
     header = (f"per test image: {args.arch} with random weights, {args.classes} classes, {args.views} views, "
               f"{device} ({name}), precision {args.precision}, {results[0].threads} threads; {args.images} timed "
               f"image(s) after {args.warmup} warm-up" + (f", {args.batch_images} images per call (episodic methods)"
-                                                          if args.batch_images > 1 else ""))
+                                                          if args.batch_images > 1 else "")
+              + (", mintclip's image encoder under torch.compile" if args.compile else ""))
     print(format_table(results, header))
     if args.json:
         open(args.json, "w").write(to_json(results, {k: v for k, v in vars(args).items() if k != "handler"}))
@@ -229,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device")
     bench.add_argument("--precision", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     bench.add_argument("--batch-images", type=int, default=1, help="episodic methods: images adapted per call")
+    bench.add_argument("--compile", action="store_true", help="mintclip's path: the image encoder under torch.compile")
     bench.add_argument("--json", help="also write the figures here")
     bench.set_defaults(handler=_bench)
     demo = commands.add_parser("demo", help="every method on a synthetic distribution shift, no data or weights needed",

@@ -15,6 +15,7 @@ from PIL import Image
 from mintclip.adapt import available_methods
 from mintclip.cli import main, seed_main
 from mintclip.engine.records import read_records
+from mintclip.engine.run import cxx_compiler
 from tests.data.test_catalog import make_coop_set
 from tests.engine.online_toy import RunningMeanMethod
 
@@ -171,6 +172,18 @@ def test_images_adapted_in_batches_give_the_predictions_of_one_at_a_time(tmp_pat
     assert timing["images"] == 9  # the unreadable image took no adaptation
 
 
+@pytest.mark.skipif(cxx_compiler() is None, reason="torch.compile on a CPU needs a C++ compiler")
+def test_a_compiled_image_encoder_gives_the_same_predictions(tree, checkpoint, tmp_path):
+    args = ["--limit", "3", "--hp", "precision=fp32", "n_views=8"]
+    assert main(run_args(tree, checkpoint, tmp_path / "eager", "tpt", *args)) == 0
+    assert main(run_args(tree, checkpoint, tmp_path / "compiled", "tpt", *args, "--compile")) == 0
+    eager, compiled = (read_records(tmp_path / out / "seed0" / "folder" / "records.jsonl") for out in ("eager", "compiled"))
+    for a, b in zip(eager, compiled, strict=True):
+        assert [c for c, _ in a["top5"]] == [c for c, _ in b["top5"]] and a["zeroshot"] == b["zeroshot"]
+        assert all(abs(p - q) < 1e-4 for (_, p), (_, q) in zip(a["top5"], b["top5"]))
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["run"]["compile"] is True
+
+
 def test_a_batched_run_resumes_at_a_group_boundary(tmp_path, checkpoint):
     """A kill while a group of 4 is being written leaves 6 records: resume redoes the whole group 4-7."""
     data = random_images(tmp_path / "tree", ["cat", "dog"], per_class=6)
@@ -195,6 +208,8 @@ def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
         (run_args(tree, checkpoint, tmp_path / "f", "mint"), "need blocks that this 3-block ViT lacks"),
         (run_args(tree, checkpoint, tmp_path / "g", "tpt", "--online-shards", "2"), "needs an online method"),
         (run_args(tree, checkpoint, tmp_path / "h", "tda", "--batch-images", "4"), "1 for an online method"),
+        *([(run_args(tree, checkpoint, tmp_path / "i", "tpt", "--compile"), "needs a C++ compiler")]
+          if cxx_compiler() is None else []),
     ]
     for args, message in cases:
         assert main(args) == 2

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -38,7 +40,7 @@ class RunError(ValueError):
     """A run that cannot start as asked; one line saying why and what to do."""
 
 
-LATER_OPTIONS = {"online_shards": None, "batch_images": 1}  # options added after runs were made: their defaults
+LATER_OPTIONS = {"online_shards": None, "batch_images": 1, "compile": False}  # options added after runs were made: their defaults
 
 
 @dataclass
@@ -57,6 +59,7 @@ class RunConfig:
     limit: int | None = None  # at most this many samples per set (quick looks)
     save_every: int = 50  # samples between saves of online state
     batch_images: int = 1  # episodic methods: test images adapted together (same predictions, other rounding)
+    compile: bool = False  # the frozen image encoder under torch.compile (same predictions, other rounding)
     online_shards: int | None = None  # online methods: K independent sub-streams per set (None: one stream)
     resume: bool = False
     progress: bool = True
@@ -109,12 +112,23 @@ def prepare(config: RunConfig) -> Prepared:
     elif config.resume and out.exists() and any(out.iterdir()):
         raise RunError(f"{out}: --resume, but it has no config.json of a mintclip run")
     check_writable(out)
+    if config.compile and config.device.startswith("cpu") and not cxx_compiler():
+        raise RunError("--compile on a CPU needs a C++ compiler (g++, c++ or clang++, or $CXX) for torch.compile; "
+                       "install one or drop --compile")
     model, _ = load_clip(config.weights, device=config.device, act=config.act)
+    if config.compile:
+        model.visual.compile(dynamic=False)  # one graph per view count: the views, view 0, MINT's selected views
     try:
         method.check(model)
     except ValueError as e:
         raise RunError(str(e)) from None
     return Prepared(model, method, datasets)
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU code needs, if there is one."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((found for found in map(shutil.which, names) if found), None)
 
 
 def check_writable(out: Path) -> None:
@@ -144,9 +158,10 @@ def resolved_config(config: RunConfig, prepared: Prepared) -> dict[str, Any]:
 def describe(config: RunConfig, prepared: Prepared) -> str:
     """What the run is about to do, in a few lines, before the first image."""
     model, method = prepared.model.config, prepared.method
+    extras = ([f"{config.batch_images} images at a time"] if config.batch_images > 1 else []) + (
+        ["image encoder under torch.compile"] if config.compile else [])
     lines = [f"mintclip run: {method.name} ({'online' if method.online else 'episodic'}) on {config.device}, "
-             f"seeds {config.seeds}{f', {config.batch_images} images at a time' if config.batch_images > 1 else ''}, "
-             f"writing to {config.out}",
+             f"seeds {config.seeds}, {''.join(e + ', ' for e in extras)}writing to {config.out}",
              f"  model {model.arch_name}, act {model.act}, {model.preprocess.image_size}px "
              f"{model.preprocess.interpolation}, sha256 {model.sources.get('sha256', '?')[:12]}"]
     lines += [f"  {ds.summary()}" for ds in prepared.datasets.values()]
