@@ -4,7 +4,8 @@ Everything that can be wrong (weights, set ids, data layouts, hyper-parameters, 
 holds another run) is checked before the first image. Views depend on (seed, index) only, so every
 method sees the same views for a sample. Records are flushed one line at a time; online state is
 saved atomically every `save_every` samples, and `resume` continues a killed run so that its records
-equal an uninterrupted run's.
+equal an uninterrupted run's. This module checks and orchestrates; the per-sample loop is in
+samples.py, online streams in online.py, torchrun sharding in distributed.py.
 """
 
 from __future__ import annotations
@@ -15,71 +16,22 @@ import os
 import shutil
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import save_file
-from tqdm import tqdm
 
-from ..adapt.base import Method, autocast_for, build_method
-from ..adapt.prompts import encode_class_prompts
-from ..data import (ImageDataset, ViewMaker, min_side_for, open_dataset, resolve_set_id, set_label,
-                    stream_images)
-from ..model import CLIP, load_clip
-from .distributed import OnlineStream, Shard, merge_shards, shard_path, suffixed
-from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
-from .plots import bar_chart_png, line_chart_png
-from .report import details_table, metrics, results_table, stream_accuracy
+from ..adapt.base import build_method
+from ..data import open_dataset, resolve_set_id, set_label
+from ..model import load_clip
+from .config import Prepared, RunConfig, RunError, augmix_for, stream_order
+from .distributed import Shard, merge_shards, shard_path
+from .online import merge_sub_streams, run_seed
+from .records import RecordWriter, atomic_write_json, read_records
+from .report import details_table, metrics, results_table
+from .samples import run_set
 
-
-class RunError(ValueError):
-    """A run that cannot start as asked; one line saying why and what to do."""
-
-
-LATER_OPTIONS = {"online_shards": None, "batch_images": 1, "compile": False}  # options added after runs were made: their defaults
-
-
-@dataclass
-class RunConfig:
-    data_root: str
-    test_sets: list[str]
-    method: str
-    weights: str
-    out: str
-    seeds: list[int] = field(default_factory=lambda: [0])
-    device: str = "cpu"
-    workers: int = 4
-    hp: dict[str, Any] = field(default_factory=dict)  # method hyper-parameter overrides
-    act: str | None = None  # the checkpoint's activation, when it does not say
-    augmix: str = "auto"  # "auto": the method's choice, else the set's reference default; "on"; "off"
-    limit: int | None = None  # at most this many samples per set (quick looks)
-    save_every: int = 50  # samples between saves of online state
-    batch_images: int = 1  # episodic methods: test images adapted together (same predictions, other rounding)
-    compile: bool = False  # the frozen image encoder under torch.compile (same predictions, other rounding)
-    online_shards: int | None = None  # online methods: K independent sub-streams per set (None: one stream)
-    resume: bool = False
-    progress: bool = True
-
-    def identity(self) -> dict[str, Any]:
-        """What makes two runs the same run (resume must not change it)."""
-        d = dataclasses.asdict(self)
-        for key in ("resume", "progress", "workers", "device", "save_every"):
-            d.pop(key)
-        for key, default in LATER_OPTIONS.items():  # left out at their default, so that older runs resume
-            if d[key] == default:
-                d.pop(key)
-        return d
-
-
-@dataclass
-class Prepared:
-    model: CLIP
-    method: Method
-    datasets: dict[str, ImageDataset]
+__all__ = ["RunConfig", "RunError", "Prepared", "prepare", "run"]
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -167,18 +119,6 @@ def describe(config: RunConfig, prepared: Prepared) -> str:
     lines += [f"  {ds.summary()}" for ds in prepared.datasets.values()]
     lines += [f"  {note}" for note in method.notes()]
     return "\n".join(lines)
-
-
-def augmix_for(config: RunConfig, method: Method, dataset: ImageDataset) -> bool:
-    if config.augmix != "auto":
-        return config.augmix == "on"
-    chosen = method.augmix(dataset.set_id)
-    return dataset.augmix if chosen is None else chosen
-
-
-def stream_order(n: int, seed: int, limit: int | None) -> list[int]:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return order[:limit] if limit is not None else order
 
 
 def run(config: RunConfig) -> dict[str, list]:
@@ -270,151 +210,3 @@ def run_episodic_set(config: RunConfig, prepared: Prepared, seed: int, folder: P
         merge_shards(records_path, [shard_path(records_path, Shard(r, shard.world)) for r in range(shard.world)],
                      len(order))
     shard.barrier()
-
-
-def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path, stream: OnlineStream) -> None:
-    """One stream of an online method through its sets in order; its state flows from set to set.
-
-    Every stream starts from a fresh method, so seed 1 does not inherit seed 0's memory. On resume it
-    restarts from its last saved state: state saved between sets is loaded before the next set's
-    `setup` (as it was held then), state saved within a set after it."""
-    prepared = dataclasses.replace(prepared, method=build_method(config.method, config.hp))
-    method, sets = prepared.method, list(stream.sets)
-    checkpoint_path = folder / stream.state
-    checkpoint = {"finished": [], "set": None, "position": 0, "state": {}}
-    if config.resume and checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    pending_state = config.resume and checkpoint_path.is_file()
-    for set_id in sets:
-        dataset = prepared.datasets[set_id]
-        set_folder = folder / set_label(set_id)
-        records_path = set_folder / "records.jsonl"
-        order = stream.positions(stream_order(len(dataset), seed, config.limit))
-        start = 0
-        if pending_state and set_id in checkpoint["finished"]:
-            continue
-        if pending_state and checkpoint["set"] is None:
-            method.load_state_dict(checkpoint["state"])
-            pending_state = False
-        method.setup(prepared.model, dataset.classnames, set_id)
-        if pending_state and checkpoint["set"] == set_id:
-            method.load_state_dict(checkpoint["state"])
-            start, pending_state = checkpoint["position"], False
-        finished = sets[: sets.index(set_id)]
-
-        def save_state(position: int, set_id: str = set_id, finished: list[str] = finished) -> None:
-            atomic_torch_save(checkpoint_path, {"finished": finished, "set": set_id, "position": position,
-                                                "state": method.state_dict()})
-
-        writer = RecordWriter(suffixed(records_path, stream.suffix), keep=start)
-        try:
-            run_set(config, prepared, dataset, order, start, seed, writer, save_state)
-        finally:
-            writer.close()
-        atomic_torch_save(checkpoint_path, {"finished": [*finished, set_id], "set": None, "position": 0,
-                                            "state": method.state_dict()})
-        save_diagnostics(method.diagnostics(), set_folder, f"{method.name} {set_id}{stream.suffix}", stream.suffix)
-        if stream.count == 1:  # sub-streams are drawn together when merged
-            draw_stream(method.name, set_id, {method.name: read_records(records_path)}, set_folder / "stream.png")
-
-
-def merge_sub_streams(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> None:
-    """Rank 0, once every sub-stream of the seed is done: each set's sub-stream records interleaved
-    back into stream order, and a stream plot with one line per sub-stream."""
-    k, name = config.online_shards, prepared.method.name
-    for set_id, dataset in prepared.datasets.items():
-        records_path = folder / set_label(set_id) / "records.jsonl"
-        parts = [suffixed(records_path, OnlineStream((), i, k).suffix) for i in range(k)]
-        total = len(stream_order(len(dataset), seed, config.limit))
-        if len(read_records(records_path)) >= total:  # merged before a kill: drop any shards left behind
-            for path in parts:
-                path.unlink(missing_ok=True)
-            continue
-        records = merge_shards(records_path, parts, total)
-        draw_stream(name, set_id, {f"sub-stream {i}": r for i, r in enumerate(records)}, records_path.parent / "stream.png")
-
-
-def draw_stream(method: str, set_id: str, streams: dict[str, list[dict]], path: Path) -> None:
-    """How accuracy evolves along the stream: prompt or memory collapse shows here."""
-    line_chart_png({name: stream_accuracy(records) for name, records in streams.items()}, path,
-                   f"{method} on {set_id}: top-1 (%) per block of 200 images", "stream position")
-
-
-def save_diagnostics(diagnostics: dict[str, Any], folder: Path, title: str, suffix: str = "") -> None:
-    """A method's end-of-set diagnostics: numbers as JSON, bars as PNG, tensors as safetensors; `suffix`
-    names a sub-stream's files (diagnostics.stream0-of-4.json)."""
-    if diagnostics.get("numbers"):
-        atomic_write_json(folder / f"diagnostics{suffix}.json", diagnostics["numbers"])
-    for name, values in diagnostics.get("bars", {}).items():
-        bar_chart_png(values, folder / f"{name}{suffix}.png", f"{title}: {name}")
-    if diagnostics.get("tensors"):
-        save_file(diagnostics["tensors"], str(folder / f"memory{suffix}.safetensors"))
-
-
-def run_set(config: RunConfig, prepared: Prepared, dataset: ImageDataset, order: list[int], start: int, seed: int,
-            writer: RecordWriter, save_state) -> None:
-    """Positions start.. of `order`, `config.batch_images` at a time (online methods: one), each group's
-    records written in stream order once the group is predicted."""
-    model, method = prepared.model, prepared.method
-    preprocess = model.config.preprocess
-    maker = ViewMaker(n_views=method.views_per_image, size=preprocess.image_size, augmix=augmix_for(config, method, dataset),
-                      mean=preprocess.mean, std=preprocess.std, device=model.device,
-                      interpolation=preprocess.interpolation)
-    zeroshot_text = encode_class_prompts(model, dataset.classnames, ["a photo of a {}."])
-    correct = scored = 0
-    # kept out of the records, so that records are reproducible; one file per process (timing.rank0-of-2.json)
-    timing_path = writer.path.with_name(writer.path.name.replace("records", "timing").replace(".jsonl", ".json"))
-    timing = json.loads(timing_path.read_text()) if start and timing_path.is_file() else {"images": 0, "seconds": 0.0}
-    bar = tqdm(total=len(order), initial=start, desc=f"{method.name} {dataset.set_id}", disable=not config.progress,
-               unit="img", dynamic_ncols=True)
-    group: list = []
-    for position, item in enumerate(stream_images(dataset, order[start:], config.workers,
-                                                  min_side_for(preprocess.image_size)), start=start):
-        group.append(item)
-        if len(group) < config.batch_images and position + 1 < len(order):
-            continue
-        began = time.perf_counter()
-        records = predict_group(model, method, maker, zeroshot_text, seed, group)
-        readable = sum(item.image is not None for item in group)
-        if readable:
-            timing["images"] += readable
-            timing["seconds"] += time.perf_counter() - began
-        for record in records:
-            writer.write(record)
-            if "top5" in record:
-                scored += 1
-                correct += record["top5"][0][0] == record["label"]
-        bar.set_postfix(top1=f"{100 * correct / max(scored, 1):.2f}")
-        bar.update(len(group))
-        group = []
-        if method.online and (position + 1) % config.save_every == 0:
-            writer.sync()
-            save_state(position + 1)
-    bar.close()
-    writer.sync()
-    atomic_write_json(timing_path, {**timing, "images_per_second": timing["images"] / max(timing["seconds"], 1e-9)})
-
-
-def predict_group(model: CLIP, method: Method, maker: ViewMaker, zeroshot_text: torch.Tensor, seed: int,
-                  group: list) -> list[dict[str, Any]]:
-    """The records of consecutive stream items: the readable images adapted together by
-    `method.predict_batch`, with view 0's zero-shot prediction; unreadable ones recorded as skips."""
-    images = [item for item in group if item.image is not None]
-    predicted: dict[int, dict[str, Any]] = {}
-    if images:
-        views = torch.stack([maker(item.image.to(model.device), seed, item.index) for item in images])  # (B, V, 3, H, W)
-        logits, skipped = method.predict_batch(views)
-        logits = logits.float()  # (B, C)
-        with torch.no_grad(), autocast_for(model.device, method.config.precision):
-            view0 = F.normalize(model.encode_image(views[:, 0]).float(), dim=-1)  # (B, D)
-        top = logits.softmax(-1).topk(min(5, logits.shape[-1]))
-        # one read-back per quantity for the whole group, not one per entry
-        probs, classes, finite = top.values.tolist(), top.indices.tolist(), torch.isfinite(logits).all(-1).tolist()
-        zeroshot = (view0 @ zeroshot_text.T).argmax(-1).tolist()
-        for b, item in enumerate(images):
-            skips = {"skipped_updates": skipped[b]} if skipped[b] else {}
-            predicted[id(item)] = ({"top5": [[c, round(p, 6)] for p, c in zip(probs[b], classes[b])],
-                                    "zeroshot": zeroshot[b], **skips} if finite[b]
-                                   else {"skipped": "non-finite logits", **skips})
-    return [{"index": item.index, "path": item.path, "label": item.label,
-             **(predicted[id(item)] if item.image is not None else {"skipped": item.skip_reason})} for item in group]
