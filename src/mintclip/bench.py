@@ -2,7 +2,7 @@
 
 The CLIP has random weights of a real shape (nothing is downloaded), the class names are made up, the
 views random tensors: timing needs none of the real ones. Methods with a reference-order mode (MINT's
-fast=False, TPT's and C-TPT's reference_order) are timed both ways; the others once.
+fast=False, TPT's, C-TPT's and DynaPrompt's reference_order) are timed both ways; the others once.
 
 Each (method, path) runs in its own process, so its peak memory is its own: on CUDA the peak of
 torch.cuda.max_memory_allocated over the images less what was allocated before the first (model, text,
@@ -37,7 +37,8 @@ ARCHS = {
     "ViT-B/32": (224, 32, 768, 12, 12, 512, 12, 8, 512, "3,7,11"),
     "ViT-B/16": (224, 16, 768, 12, 12, 512, 12, 8, 512, "3,7,11"),
 }
-REFERENCE_ORDER = {"mint": {"fast": False}, "tpt": {"reference_order": True}, "ctpt": {"reference_order": True}}
+REFERENCE_ORDER = {"mint": {"fast": False}, "tpt": {"reference_order": True}, "ctpt": {"reference_order": True},
+                   "dynaprompt": {"reference_order": True}}
 
 
 @dataclass

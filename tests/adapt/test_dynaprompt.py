@@ -295,6 +295,19 @@ def test_prediction_averages_the_selected_prompts_logits_on_view_0():
     torch.testing.assert_close(logits, expected, atol=0, rtol=0)
 
 
+def test_reference_order_gives_the_same_stream_of_predictions():
+    """77-token prompts for every slot and view 0 encoded again: more work, the same numbers."""
+    model = frozen_clip()
+    for variant in ("reference", "paper"):
+        fast, reference = (make(model, variant=variant, num_p=3, precision="fp32", reference_order=order)
+                           for order in (False, True))
+        for seed in range(5):
+            views = random_views(seed=seed)
+            torch.testing.assert_close(reference.predict(views), fast.predict(views), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(reference.buffer.ctx, fast.buffer.ctx, rtol=1e-5, atol=1e-6)
+        assert torch.equal(reference.buffer.use, fast.buffer.use)
+
+
 # -- state ---------------------------------------------------------------------------------------------
 
 def test_state_round_trip_within_a_set_gives_the_same_predictions():

@@ -235,6 +235,9 @@ class DynaPromptConfig(MethodConfig):
     # at each set's start: "per-set" a fresh buffer; "code" the official code's multi-set run
     # (model.reset() zeroes every prompt, ctx_order and ctx_use carry over); "none" everything carries
     reset_state: str = "per-set"
+    # the official code's order of work, for benchmarks and as an oracle: every slot's class prompts
+    # padded to 77 tokens, and view 0 encoded again to predict; the same numbers, more work
+    reference_order: bool = False
 
 
 @register
@@ -345,10 +348,17 @@ class DynaPrompt(Method):
         learner = self.learner
         contexts = residuals + learner.ctx_start  # the code's self.ctx + self.init_ctx
         prefixes = torch.cat([learner.sos.expand(len(contexts), -1, -1), contexts.to(learner.sos.dtype)], dim=1)
-        n_prefix = prefixes.shape[1]
+        n_prefix, n_classes = prefixes.shape[1], len(learner.suffix)
         with self.autocast():
-            features = self.model.text.encode_shared_prefix(prefixes, learner.suffix, learner.eot_index - n_prefix,
-                                                            length=learner.length - n_prefix)  # (R, C, D)
+            if self.config.reference_order:  # R x C prompts of 77 tokens, as custom_clip_lessctx.py builds them
+                prompts = torch.cat([prefixes.repeat_interleave(n_classes, 0), learner.padded_suffix.repeat(
+                    len(prefixes), 1, 1)], dim=1)  # (R * C, 77, W), row r * C + c
+                features = self.model.text.encode_embeddings(prompts, learner.eot_index.repeat(len(prefixes)),
+                                                             length=prompts.shape[1]).unflatten(0, (-1, n_classes))
+            else:
+                features = self.model.text.encode_shared_prefix(prefixes, learner.suffix,
+                                                                learner.eot_index - n_prefix,
+                                                                length=learner.length - n_prefix)  # (R, C, D)
         text = F.normalize(features.float(), dim=-1)  # (R, C, D)
         scale = self.model.logit_scale.detach().float().exp()
         return (scale * image_features.float() @ text.flatten(0, 1).t()).unflatten(1, text.shape[:2])
@@ -389,8 +399,9 @@ class DynaPrompt(Method):
     def predict(self, views: Tensor) -> Tensor:
         image_features = self.encode_views(views)
         selection = self.adapt(image_features)
+        view0 = self.encode_views(views[:1]) if self.config.reference_order else image_features[:1]
         with torch.no_grad():
-            logits = self.slot_logits(self.buffer.ctx[selection.slots], image_features[:1])[0]  # (n, C)
+            logits = self.slot_logits(self.buffer.ctx[selection.slots], view0)[0]  # (n, C)
         return logits.mean(0)
 
     def _adamw_step(self, slots: Tensor, grad: Tensor) -> None:
