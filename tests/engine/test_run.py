@@ -184,6 +184,19 @@ def test_a_compiled_image_encoder_gives_the_same_predictions(tree, checkpoint, t
     assert json.loads((tmp_path / "compiled" / "config.json").read_text())["run"]["compile"] is True
 
 
+def test_each_image_goes_through_the_image_encoder_once_for_a_one_view_method(tree, checkpoint, tmp_path, monkeypatch):
+    """The record's zero-shot prediction reuses the method's view-0 features instead of encoding again."""
+    from mintclip.model import CLIP
+
+    calls = []
+    encode_image = CLIP.encode_image
+    monkeypatch.setattr(CLIP, "encode_image", lambda self, images: (calls.append(len(images)),
+                                                                     encode_image(self, images))[1])
+    assert main(run_args(tree, checkpoint, tmp_path / "out", "zeroshot", "--limit", "5")) == 0
+    assert calls == [1] * 5
+    assert all("zeroshot" in r for r in read_records(tmp_path / "out" / "seed0" / "folder" / "records.jsonl"))
+
+
 def test_a_batched_run_resumes_at_a_group_boundary(tmp_path, checkpoint):
     """A kill while a group of 4 is being written leaves 6 records: resume redoes the whole group 4-7."""
     data = random_images(tmp_path / "tree", ["cat", "dog"], per_class=6)

@@ -42,6 +42,7 @@ class Method(ABC):
         self.config = config if config is not None else self.Config()
         self.model: CLIP | None = None
         self.skipped_updates = 0  # updates refused for a non-finite gradient; the engine records and resets it
+        self.view0_features: Tensor | None = None  # (B, D): view 0 of each image of the last `encode_views`
 
     def guarded_step(self, optimizer: torch.optim.Optimizer) -> None:
         """optimizer.step() unless a gradient is NaN or infinite (a non-finite loss gives such gradients);
@@ -111,10 +112,14 @@ class Method(ABC):
     @torch.no_grad()
     def encode_views(self, views: Tensor) -> Tensor:
         """(V, 3, H, W) -> (V, D) L2-normalised fp32 image features; the frozen encoder runs under autocast.
-        The views of B images (B, V, 3, H, W) go through it in one pass -> (B, V, D)."""
+        The views of B images (B, V, 3, H, W) go through it in one pass -> (B, V, D). View 0 of each image
+        (the original) is kept in `view0_features`, so the engine's zero-shot prediction needs no second
+        pass of the encoder."""
         with self.autocast():
             features = self.model.encode_image(views.flatten(0, -4)).unflatten(0, views.shape[:-3])
-        return F.normalize(features.float(), dim=-1)
+        features = F.normalize(features.float(), dim=-1)
+        self.view0_features = features.reshape(-1, views.shape[-4], features.shape[-1])[:, 0]
+        return features
 
 
 def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:

@@ -71,10 +71,13 @@ def predict_group(model: CLIP, method: Method, maker: ViewMaker, zeroshot_text: 
     predicted: dict[int, dict[str, Any]] = {}
     if images:
         views = torch.stack([maker(item.image.to(model.device), seed, item.index) for item in images])  # (B, V, 3, H, W)
+        method.view0_features = None
         logits, skipped = method.predict_batch(views)
         logits = logits.float()  # (B, C)
-        with torch.no_grad(), autocast_for(model.device, method.config.precision):
-            view0 = F.normalize(model.encode_image(views[:, 0]).float(), dim=-1)  # (B, D)
+        view0 = method.view0_features  # (B, D) when the method encoded every image's views with encode_views
+        if view0 is None or view0.shape[0] != len(images):
+            with torch.no_grad(), autocast_for(model.device, method.config.precision):
+                view0 = F.normalize(model.encode_image(views[:, 0]).float(), dim=-1)
         top = logits.softmax(-1).topk(min(5, logits.shape[-1]))
         # one read-back per quantity for the whole group, not one per entry
         probs, classes, finite = top.values.tolist(), top.indices.tolist(), torch.isfinite(logits).all(-1).tolist()
