@@ -1,8 +1,9 @@
 """Time methods per test image: mintclip's path against the reference code's order of work, side by side.
 
 The CLIP has random weights of a real shape (nothing is downloaded), the class names are made up, the
-views random tensors: timing needs none of the real ones. Methods with a reference-order mode (MINT's
-fast=False, TPT's, C-TPT's and DynaPrompt's reference_order) are timed both ways; the others once.
+views random tensors: timing needs none of the real ones, and view making is not timed here (a run's
+timing.json includes it). Methods with a reference-order mode (MINT's fast=False, TPT's, C-TPT's and
+DynaPrompt's reference_order) are timed both ways; the others once.
 
 Each (method, path) runs in its own process, so its peak memory is its own: on CUDA the peak of
 torch.cuda.max_memory_allocated over the images less what was allocated before the first (model, text,

@@ -20,7 +20,7 @@ from .report import stream_accuracy
 from .samples import run_set
 
 
-def run_seed(config: RunConfig, prepared: Prepared, seed: int, folder: Path, stream: OnlineStream) -> None:
+def run_stream(config: RunConfig, prepared: Prepared, seed: int, folder: Path, stream: OnlineStream) -> None:
     """One stream of an online method through its sets in order; its state flows from set to set.
 
     Every stream starts from a fresh method, so seed 1 does not inherit seed 0's memory. On resume it

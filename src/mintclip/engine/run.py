@@ -26,7 +26,7 @@ from ..data import open_dataset, resolve_set_id, set_label
 from ..model import load_clip
 from .config import Prepared, RunConfig, RunError, augmix_for, stream_order
 from .distributed import Shard, merge_shards, shard_path
-from .online import merge_sub_streams, run_seed
+from .online import merge_sub_streams, run_stream
 from .records import RecordWriter, atomic_write_json, read_records
 from .report import details_table, metrics, results_table
 from .samples import run_set
@@ -146,7 +146,7 @@ def _run(config: RunConfig, shard: Shard) -> dict[str, list]:
     for seed in config.seeds:
         if prepared.method.online:
             for stream in shard.online_streams(config.test_sets, config.online_shards):
-                run_seed(config, prepared, seed, out / f"seed{seed}", stream)
+                run_stream(config, prepared, seed, out / f"seed{seed}", stream)
             if (config.online_shards or 1) > 1:
                 shard.barrier()
                 if shard.rank == 0:
