@@ -18,6 +18,15 @@ from .model import CheckpointError, inspect_checkpoint
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)  # disk full, quota, read-only, denied
 
 
+def device_of(args: argparse.Namespace) -> str:
+    """--device as given, else cuda:<--gpu>, else the CPU."""
+    return args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu")
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _info(args: argparse.Namespace) -> int:
     for path in args.paths:
         print("\n".join(inspect_checkpoint(path, act=args.act).lines()))
@@ -85,7 +94,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets: str, hp: dict[str, object],
                   seeds: list[int]) -> int:
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu")
+    device = device_of(args)
     for flag, name in ((args.coop, "coop"), (args.reset_memory, "reset_memory")):
         if flag is not None:
             hp.setdefault(name, flag)
@@ -93,8 +102,7 @@ def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets
                        out=args.out or f"runs/{method}", seeds=seeds, device=device, workers=args.workers, hp=hp,
                        act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
                        online_shards=args.online_shards, batch_images=args.batch_images, compile=args.compile,
-                       resume=args.resume,
-                       progress=not args.no_progress)
+                       resume=args.resume, progress=not args.no_progress)
     run(config)
     if Shard.from_env().rank != 0:  # under torchrun, rank 0 speaks for the job
         return 0
@@ -129,8 +137,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     from .bench import format_table, run_benchmark, to_json
 
-    device = args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu")
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    device = device_of(args)
+    methods = comma_list(args.method)
     results = run_benchmark(methods, args.arch, args.classes, args.views, args.images, args.warmup, device,
                             args.precision, batch_images=args.batch_images, compile_encoder=args.compile)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
@@ -148,9 +156,9 @@ def _bench(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .shiftbench.demo import DemoConfig, demo
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = comma_list(args.methods) if args.methods else None
     config = DemoConfig(out=args.out, per_class=args.per_class, samples=args.samples, weights=args.weights,
-                        data=args.data, device=args.device or (f"cuda:{args.gpu}" if args.gpu is not None else "cpu"),
+                        data=args.data, device=device_of(args),
                         progress=not args.no_progress, **({"methods": methods} if methods else {}))
     print(demo(config, log=lambda line: print(line, file=sys.stderr)))
     print(f"wrote {args.out}/<method>/ (records, summaries) and {args.out}/report/ (summary.md, summary.csv, "
