@@ -66,23 +66,31 @@ class Shard:
         with `sub_streams` K, sub-streams k = rank, rank + N, ... < K, each through every set."""
         if not sub_streams:
             return [OnlineStream(tuple(sets[self.rank::self.world]), state=f"state{self.suffix}.pt")]
-        return [OnlineStream(tuple(sets), k, sub_streams, f"state.stream{k}-of-{sub_streams}.pt")
-                for k in range(self.rank, sub_streams, self.world)]
+        return [OnlineStream(tuple(sets), k, sub_streams) for k in range(self.rank, sub_streams, self.world)]
+
+
+def sub_stream_suffix(index: int, count: int) -> str:
+    """'' for one stream per set, else '.stream<k>-of-<K>': the name of a sub-stream's files."""
+    return f".stream{index}-of-{count}" if count > 1 else ""
 
 
 @dataclass(frozen=True)
 class OnlineStream:
     """One online stream of a seed: the sets it goes through in order, the positions of each it takes
-    (index, index + count, ...), and the file holding its state for resume."""
+    (index, index + count, ...), and the file holding its state for resume (by default named by the
+    sub-stream)."""
     sets: tuple[str, ...]
     index: int = 0
     count: int = 1
-    state: str = "state.pt"
+    state: str = ""
 
     @property
     def suffix(self) -> str:
-        """'' for one stream per set, else '.stream<k>-of-<K>': the name of a sub-stream's files."""
-        return f".stream{self.index}-of-{self.count}" if self.count > 1 else ""
+        return sub_stream_suffix(self.index, self.count)
+
+    @property
+    def state_file(self) -> str:
+        return self.state or f"state{self.suffix}.pt"
 
     def positions(self, order: list[int]) -> list[int]:
         return order[self.index::self.count]

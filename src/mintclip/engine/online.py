@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from ..adapt.base import build_method
 from ..data import set_label
 from .config import Prepared, RunConfig, stream_order
-from .distributed import OnlineStream, merge_shards, suffixed
+from .distributed import OnlineStream, merge_shards, sub_stream_suffix, suffixed
 from .plots import bar_chart_png, line_chart_png
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
 from .report import stream_accuracy
@@ -28,7 +28,7 @@ def run_stream(config: RunConfig, prepared: Prepared, seed: int, folder: Path, s
     `setup` (as it was held then), state saved within a set after it."""
     prepared = dataclasses.replace(prepared, method=build_method(config.method, config.hp))
     method, sets = prepared.method, list(stream.sets)
-    checkpoint_path = folder / stream.state
+    checkpoint_path = folder / stream.state_file
     checkpoint = {"finished": [], "set": None, "position": 0, "state": {}}
     if config.resume and checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -72,7 +72,7 @@ def merge_sub_streams(config: RunConfig, prepared: Prepared, seed: int, folder: 
     k, name = config.online_shards, prepared.method.name
     for set_id, dataset in prepared.datasets.items():
         records_path = folder / set_label(set_id) / "records.jsonl"
-        parts = [suffixed(records_path, OnlineStream((), i, k).suffix) for i in range(k)]
+        parts = [suffixed(records_path, sub_stream_suffix(i, k)) for i in range(k)]
         total = len(stream_order(len(dataset), seed, config.limit))
         if len(read_records(records_path)) >= total:  # merged before a kill: drop any shards left behind
             for path in parts:
