@@ -209,7 +209,9 @@ def test_reference_order_and_a_single_image_run_predict_itself():
         method.predict = lambda image_views: calls.append(1) or predict(image_views)  # spy
         logits, _ = method.predict_batch(batch)
         assert len(calls) == len(batch)
+        view0 = method.view0_features  # every image's original view, gathered over the calls
         assert torch.equal(logits, one_at_a_time(method, batch)[0])
+        torch.testing.assert_close(view0, method.encode_views(batch[:, :1])[:, 0], atol=1e-6, rtol=1e-5)
 
 
 def test_one_adamw_over_the_rows_is_a_separate_adamw_per_row():

@@ -79,13 +79,15 @@ class Method(ABC):
         skipped updates per image). Episodic methods may adapt the B images together, with the same
         predictions as B calls of `predict`; this default is those calls, in order, which is also the only
         right way for an online method (each image sees the state the previous one left). The counts are
-        returned, not left in `skipped_updates`."""
-        logits, skipped = [], []
+        returned, not left in `skipped_updates`; `view0_features` covers all B images or is None."""
+        logits, skipped, view0 = [], [], []
         for image_views in views:
-            self.skipped_updates = 0
+            self.skipped_updates, self.view0_features = 0, None
             logits.append(self.predict(image_views))
             skipped.append(self.skipped_updates)
+            view0.append(self.view0_features)
         self.skipped_updates = 0
+        self.view0_features = None if any(v is None for v in view0) else torch.cat(view0)
         return torch.stack(logits), skipped
 
     def notes(self) -> list[str]:

@@ -68,24 +68,25 @@ def predict_group(model: CLIP, method: Method, maker: ViewMaker, zeroshot_text: 
     """The records of consecutive stream items: the readable images adapted together by
     `method.predict_batch`, with view 0's zero-shot prediction; unreadable ones recorded as skips."""
     images = [item for item in group if item.image is not None]
-    predicted: dict[int, dict[str, Any]] = {}
+    outcomes: list[dict[str, Any]] = []  # per readable image, in group order
     if images:
         views = torch.stack([maker(item.image.to(model.device), seed, item.index) for item in images])  # (B, V, 3, H, W)
         method.view0_features = None
         logits, skipped = method.predict_batch(views)
         logits = logits.float()  # (B, C)
-        view0 = method.view0_features  # (B, D) when the method encoded every image's views with encode_views
-        if view0 is None or view0.shape[0] != len(images):
+        view0 = method.view0_features  # (B, D) when the method encoded the views with encode_views
+        if view0 is None:
             with torch.no_grad(), autocast_for(model.device, method.config.precision):
                 view0 = F.normalize(model.encode_image(views[:, 0]).float(), dim=-1)
         top = logits.softmax(-1).topk(min(5, logits.shape[-1]))
         # one read-back per quantity for the whole group, not one per entry
         probs, classes, finite = top.values.tolist(), top.indices.tolist(), torch.isfinite(logits).all(-1).tolist()
         zeroshot = (view0 @ zeroshot_text.T).argmax(-1).tolist()
-        for b, item in enumerate(images):
+        for b in range(len(images)):
             skips = {"skipped_updates": skipped[b]} if skipped[b] else {}
-            predicted[id(item)] = ({"top5": [[c, round(p, 6)] for p, c in zip(probs[b], classes[b])],
-                                    "zeroshot": zeroshot[b], **skips} if finite[b]
-                                   else {"skipped": "non-finite logits", **skips})
+            outcomes.append({"top5": [[c, round(p, 6)] for p, c in zip(probs[b], classes[b])],
+                             "zeroshot": zeroshot[b], **skips} if finite[b]
+                            else {"skipped": "non-finite logits", **skips})
+    readable = iter(outcomes)
     return [{"index": item.index, "path": item.path, "label": item.label,
-             **(predicted[id(item)] if item.image is not None else {"skipped": item.skip_reason})} for item in group]
+             **(next(readable) if item.image is not None else {"skipped": item.skip_reason})} for item in group]
