@@ -40,11 +40,12 @@ def t(*values):
 # -- reference: the code's buffer on a scripted sequence ---------------------------------------------
 
 def test_reference_buffer_on_a_hand_worked_sequence():
-    # warm-up, 5 fresh slots: every slot scores the same; ties go to the lower id, so the entropy order
-    # is [0 1 2 3 4], the init slot 0 ranks r = 0, no slot can pass the difference cutoff: only 0
+    # warm-up, 5 fresh slots: every slot scores the same; with tie_order="stable" ties go to the lower id,
+    # so the entropy order is [0 1 2 3 4], the init slot 0 ranks r = 0, no slot can pass the difference
+    # cutoff: only 0
     buffer = PromptBuffer.empty(5, n_ctx=1, width=2)
     assert buffer.recycle_if_full() is None
-    selected = buffer.select_reference(t(1.0, 1.0, 1.0, 1.0, 1.0), t(0.0, 0.0, 0.0, 0.0, 0.0)).slots
+    selected = buffer.select_reference(t(1.0, 1.0, 1.0, 1.0, 1.0), t(0.0, 0.0, 0.0, 0.0, 0.0), "stable").slots
     assert selected.tolist() == [0]
     assert buffer.order.tolist() == [1, 2, 3, 4, 0] and buffer.use.tolist() == [1, 0, 0, 0, 0]
 
@@ -80,17 +81,42 @@ def test_reference_buffer_on_a_hand_worked_sequence():
     assert buffer.order.tolist() == [4, 3, 0, 2, 1] and buffer.use.tolist() == [2, 1, 5, 1, 2]
 
 
-def test_reference_selection_is_the_code_transcribed_with_numpy_on_distinct_scores():
+def code_selection(ent, diff, init):
+    """dynap_classification.py `test_time_tuning` (the `num_prompts > 1 and onlinetpt` branch), step by
+    step: ent_order and plpd_order from `topk(num_prompts)`, the init's position in ent_order, the
+    np.intersect1d of the slots after it by entropy with the first r by difference, those sorted ids used
+    as positions in ent_order, then the init."""
+    k = len(ent)
+    ent_order = ent.topk(k)[1]
+    r = torch.where(ent_order == init)[0].item()
+    common = np.intersect1d(ent_order[min(r + 1, k - 1):].numpy(), diff.topk(k)[1][:r].numpy())
+    return torch.cat([ent_order[common], ent_order[[r]]]) if len(common) else ent_order[[r]]
+
+
+def test_reference_selection_is_the_code_transcribed_with_numpy_on_distinct_and_tied_scores():
     gen = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        k = int(torch.randint(2, 13, (1,), generator=gen))
-        ent, diff = torch.rand(k, generator=gen), torch.rand(k, generator=gen)
-        init = int(torch.randint(k, (1,), generator=gen))
-        ent_order = ent.topk(k)[1]  # distinct scores: topk's order is defined
-        r = torch.where(ent_order == init)[0].item()
-        common = np.intersect1d(ent_order[min(r + 1, k - 1):].numpy(), diff.topk(k)[1][:r].numpy())
-        expected = torch.cat([ent_order[common], ent_order[[r]]]) if len(common) else ent_order[[r]]
-        assert reference_selection(ent, diff, init).tolist() == expected.tolist()
+    for levels in (None, 2, 3):  # continuous scores, or scores from a few levels: many ties
+        for _ in range(200):
+            k = int(torch.randint(2, 13, (1,), generator=gen))
+            ent, diff = torch.rand(k, generator=gen), torch.rand(k, generator=gen)
+            if levels:
+                ent, diff = (ent * levels).floor(), (diff * levels).floor()
+            init = int(torch.randint(k, (1,), generator=gen))
+            assert reference_selection(ent, diff, init).tolist() == code_selection(ent, diff, init).tolist()
+
+
+def test_equal_scores_are_ordered_as_the_codes_topk_and_stably_only_on_request():
+    # Five fresh slots score the same entropy; slots 0 and 4 have the larger difference; the init is slot 3.
+    # On this CPU build topk orders five equal entropies [2 4 3 0 1] (the code's ent_order), so the init
+    # ranks r = 2, the slots after it by entropy are {0, 1}, the first 2 by difference (topk: [4 0 ...])
+    # are {4, 0}: their intersection [0] is position 0 of ent_order, slot 2 -> [2, 3].
+    # The stable order [0 1 2 3 4] ranks the init r = 3: {4} after it, {0, 4, 1} first by difference,
+    # position 4 of the order is slot 4 -> [4, 3].
+    ent, diff = t(0.2, 0.2, 0.2, 0.2, 0.2), t(0.3, 0.0, 0.0, 0.0, 0.3)
+    assert reference_selection(ent, diff, 3).tolist() == code_selection(ent, diff, 3).tolist()
+    assert reference_selection(ent, diff, 3, "stable").tolist() == [4, 3]
+    if ent.topk(5)[1].tolist() == [2, 4, 3, 0, 1]:  # the order worked out above
+        assert reference_selection(ent, diff, 3).tolist() == [2, 3]
 
 
 # -- paper: append only when nothing qualifies --------------------------------------------------------

@@ -34,25 +34,80 @@ def test_only_the_confident_views_vote():
     assert scores[0] > scores[2]  # equal votes rank by mean confidence: class 0 is every unsure view's top
 
 
-def test_a_tie_goes_to_the_first_later_view_that_names_a_tied_class():
-    # Kept: views 0, 1, 2 vote 2, 3, 0, a three-way tie. The code walks views 3.. in input order:
-    # view 3 says 1 (not tied), view 4 says 3 -> class 3 wins and gets one more vote.
-    # Walking the discarded views by confidence instead (the paper's reading), view 9 (margin 5) comes first and says 0.
+def test_a_tie_goes_to_the_most_confident_discarded_view_that_names_a_tied_class():
+    # Kept (3 of 10): views 0, 1, 2 vote 2, 3, 0, a three-way tie. At c609f7c the code walks the discarded
+    # views from most to least confident (`greedy_break(ties, l[full_idx[k:]])`): view 9 (margin 5) comes
+    # first and says 0 -> class 0 wins and gets one more vote.
+    # Before cbd7949 it walked views 3.. in input order: view 3 says 1 (not tied), view 4 says 3 -> class 3.
     logits = scripted((2, 20), (3, 19), (0, 18), (1, 2), (3, 1), (1, 2), (1, 2), (1, 2), (1, 2), (0, 5))
-    in_order = zero_vote(logits, gamma=0.3)
-    assert votes(in_order) == [1, 0, 1, 2] and in_order.argmax() == 3
-    by_confidence = zero_vote(logits, gamma=0.3, tie_break="confidence")
+    by_confidence = zero_vote(logits, gamma=0.3)
     assert votes(by_confidence) == [2, 0, 1, 1] and by_confidence.argmax() == 0
+    in_order = zero_vote(logits, gamma=0.3, tie_break="view_order")
+    assert votes(in_order) == [1, 0, 1, 2] and in_order.argmax() == 3
 
 
-def test_when_no_later_view_names_a_tied_class_the_first_later_view_decides_among_them():
-    # Kept views vote 0, 2, 3: a tie. Every later view says class 1, which is not tied, so the first later
-    # view (view 3) decides among the tied classes: it scores 2 > 0 > 3, so class 2 wins (break_sample_tie's
-    # intent; its `logit[~ties]` masks classes C-1-t instead).
+def fallback_case():
+    """14 views, int(14 * 0.3) = 4 kept: views 0-3 vote 0, 0, 3, 3 (a tie of classes 0 and 3). Every
+    discarded view says class 1, untied; the most confident of them (view 4, margin 4) scores
+    class 1 > class 0 > class 3 > class 2."""
+    logits = scripted((0, 20), (0, 19), (3, 18), (3, 17), (1, 4), *[(1, 2)] * 9)
+    logits[4, 0], logits[4, 3], logits[4, 2] = 3.0, 2.0, 1.0
+    return logits
+
+
+def test_when_no_discarded_view_names_a_tied_class_the_code_masks_the_mirrored_classes():
+    # break_sample_tie: `ties` is an int tensor [0, 3], so `logit[~ties] = -inf` writes indices -1 and -4,
+    # i.e. classes 3 and 0 of 4: the tied ones are masked, and view 4's argmax over classes 1 and 2 is
+    # class 1, which gets the extra vote though it was not tied (votes 2, 1, 0, 2).
+    scores = zero_vote(fallback_case(), gamma=0.3)
+    assert votes(scores) == [2, 1, 0, 2]
+    # the intent, tie_fallback="tied_classes": view 4's best tied class, class 0, wins outright
+    intent = zero_vote(fallback_case(), gamma=0.3, tie_fallback="tied_classes")
+    assert votes(intent) == [3, 0, 0, 2] and intent.argmax() == 0
+
+
+def test_the_fallback_in_view_order_decides_among_the_classes_the_code_leaves():
+    # Kept views vote 0, 2, 3: a tie of three of 4 classes, so the code masks classes 3, 1 and 0 and only
+    # class 2 is left for view 3 (the first later view in input order): class 2 wins either way.
     logits = scripted((0, 20), (2, 19), (3, 18), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2))
     logits[3, 2], logits[3, 0] = 1.0, 0.5
-    scores = zero_vote(logits, gamma=0.3)
-    assert votes(scores) == [1, 0, 2, 1] and scores.argmax() == 2
+    for fallback in ("reference", "tied_classes"):
+        scores = zero_vote(logits, gamma=0.3, tie_break="view_order", tie_fallback=fallback)
+        assert votes(scores) == [1, 0, 2, 1] and scores.argmax() == 2
+
+
+def official_votes(logits, gamma=0.3):
+    """The vote counts of ZERO's code at c609f7c, re-derived step by step: entropy -(p log p) at the
+    model's temperature, argsort ascending, int(V * gamma) kept, one vote each, then for a tie the walk
+    over the rest of the argsort and break_sample_tie with its int-tensor `~`."""
+    n_views, n_classes = logits.shape
+    probs = logits.softmax(1)
+    full = torch.argsort(-(probs * probs.log()).sum(1))
+    k = int(n_views * gamma)
+    counts = [0] * n_classes
+    for view in full[:k].tolist():
+        counts[int(logits[view].argmax())] += 1
+    tied = [c for c in range(n_classes) if counts[c] == max(counts)]
+    if len(tied) > 1:
+        walked = logits[full[k:]]
+        winner = next((int(p) for p in walked.argmax(1) if int(p) in tied), None)
+        if winner is None:
+            first = walked[0].clone()
+            first[[-t - 1 for t in tied]] = float("-inf")
+            winner = int(first.argmax())
+        counts[winner] += 1
+    return counts
+
+
+def test_votes_equal_the_official_codes_on_random_images_with_many_ties():
+    generator = torch.Generator().manual_seed(0)
+    ties = 0
+    for _ in range(300):
+        logits = 3 * torch.randn(14, 4, generator=generator)
+        expected = official_votes(logits)
+        ties += sum(expected) == 5
+        assert votes(zero_vote(logits)) == expected
+    assert ties > 50  # the walk (and its fallback) really was exercised
 
 
 def test_edge_cases_one_view_is_zero_shot_and_all_views_kept():
@@ -77,23 +132,26 @@ def test_predict_votes_on_the_views_of_a_tiny_clip():
 
 
 def test_config_overrides_and_errors():
-    method = build_method("zero", {"gamma": "0.1", "tie_break": "confidence", "templates": "simple_7"})
-    assert (method.config.gamma, method.config.tie_break) == (0.1, "confidence")
+    assert (build_method("zero").config.tie_break, build_method("zero").config.tie_fallback) == ("confidence", "reference")
+    method = build_method("zero", {"gamma": "0.1", "tie_break": "view_order", "templates": "simple_7"})
+    assert (method.config.gamma, method.config.tie_break) == (0.1, "view_order")
     with pytest.raises(ValueError, match="tie_break"):
         build_method("zero", {"tie_break": "random"})
+    with pytest.raises(ValueError, match="tie_fallback"):
+        build_method("zero", {"tie_fallback": "random"})
 
 
 def test_votes_of_a_batch_are_each_images_own_ties_included():
-    # the scripted images above: a clear winner, a tie broken by a later view, a tie no later view names
+    # a clear winner, a tie broken by a discarded view, a tie no discarded view names
     batch = torch.stack([
-        scripted((0, 1), (0, 1), (1, 10), (0, 1), (0, 1), (1, 8), (0, 1), (3, 9), (0, 1), (0, 1)),
-        scripted((2, 20), (3, 19), (0, 18), (1, 2), (3, 1), (1, 2), (1, 2), (1, 2), (1, 2), (0, 5)),
-        scripted((0, 20), (2, 19), (3, 18), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 2)),
+        scripted((0, 1), (0, 1), (1, 10), (0, 1), (0, 1), (1, 8), (0, 1), (3, 9), (0, 1), (0, 1), *[(0, 1)] * 4),
+        scripted((2, 20), (3, 19), (0, 18), (1, 2), (3, 1), (1, 2), (1, 2), (1, 2), (1, 2), (0, 5), *[(1, 2)] * 4),
+        fallback_case(),
     ])
-    batch[2, 3, 2], batch[2, 3, 0] = 1.0, 0.5
     for tie_break in ("view_order", "confidence"):
-        expected = torch.stack([zero_vote(logits, 0.3, tie_break) for logits in batch])
-        torch.testing.assert_close(zero_votes(batch, 0.3, tie_break), expected, atol=0, rtol=0)
+        for fallback in ("reference", "tied_classes"):
+            expected = torch.stack([zero_vote(logits, 0.3, tie_break, fallback) for logits in batch])
+            torch.testing.assert_close(zero_votes(batch, 0.3, tie_break, fallback), expected, atol=0, rtol=0)
 
 
 def test_a_batch_of_images_predicts_as_one_at_a_time():

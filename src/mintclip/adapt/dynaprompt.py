@@ -36,6 +36,7 @@ from .losses import entropy, marginal_entropy, most_confident
 from .prompts import TextPromptLearner
 
 VARIANTS = ("reference", "paper")
+TIE_ORDERS = ("topk", "stable")
 RESET_STATES = ("per-set", "code", "none")
 REFERENCE_SLOTS = 12  # run_dynap.sh num_p=12
 PAPER_SLOTS = 10  # the paper's buffer size (methods.md §4.4 item 1; DynaPrompt issue #3)
@@ -65,8 +66,11 @@ def slot_scores(logits: Tensor, difference: str = "max-logit") -> tuple[Tensor, 
     return ent, (p[0] - p[1:]).mean(0)
 
 
-def _descending(values: Tensor) -> Tensor:
-    """Indices by descending value; equal values by index, lower first (see `DynaPrompt`, ties)."""
+def _descending(values: Tensor, tie_order: str = "topk") -> Tensor:
+    """Indices by descending value. Equal values: "topk" in the order `torch.topk` gives on this device, as
+    the code's `p_ent.topk(num_prompts)`; "stable" by index, lower first (see `DynaPrompt`, ties)."""
+    if tie_order == "topk":
+        return values.topk(len(values)).indices
     return torch.sort(values, descending=True, stable=True).indices
 
 
@@ -77,8 +81,9 @@ def _ranks(order: Tensor) -> Tensor:
     return ranks
 
 
-def reference_selection(ent: Tensor, diff: Tensor, init: Tensor | int) -> Tensor:
-    """The code's selection over all K slots' scores (K,); init: the fresh slot's id (`ctx_order[0]`).
+def reference_selection(ent: Tensor, diff: Tensor, init: Tensor | int, tie_order: str = "topk") -> Tensor:
+    """The code's selection over all K slots' scores (K,); init: the fresh slot's id (`ctx_order[0]`);
+    tie_order: how equal scores are ordered (`_descending`).
 
     Returns slot ids, the init slot last; the init slot can also appear earlier (counted twice).
       ent_order   slots by entropy, descending; r = the init slot's position in it
@@ -89,8 +94,8 @@ def reference_selection(ent: Tensor, diff: Tensor, init: Tensor | int) -> Tensor
     """
     n = ent.shape[0]
     init = torch.as_tensor(init, device=ent.device)
-    ent_order = _descending(ent)
-    ent_rank, diff_rank = _ranks(ent_order), _ranks(_descending(diff))
+    ent_order = _descending(ent, tie_order)
+    ent_rank, diff_rank = _ranks(ent_order), _ranks(_descending(diff, tie_order))
     r = ent_rank[init]
     by_entropy = ent_rank >= (r + 1).clamp(max=n - 1)
     by_difference = diff_rank < r
@@ -180,9 +185,9 @@ class PromptBuffer:
         self.restart(slot)
         return slot
 
-    def select_reference(self, ent: Tensor, diff: Tensor) -> Selection:
+    def select_reference(self, ent: Tensor, diff: Tensor, tie_order: str = "topk") -> Selection:
         """Scores of all K slots -> the code's selection (`reference_selection`), queue and counts updated."""
-        slots = reference_selection(ent, diff, self.order[0])
+        slots = reference_selection(ent, diff, self.order[0], tie_order)
         self.touch(slots)
         return Selection(slots, slots)
 
@@ -238,6 +243,9 @@ class DynaPromptConfig(MethodConfig):
     # the official code's order of work, for benchmarks and as an oracle: every slot's class prompts
     # padded to 77 tokens, and view 0 encoded again to predict; the same numbers, more work
     reference_order: bool = False
+    # equal scores (fresh slots score exactly alike) in the reference variant: "topk" as the code
+    # (torch.topk's order on the scores' device), "stable" lower slot id first on every device
+    tie_order: str = "topk"
 
 
 @register
@@ -275,10 +283,13 @@ class DynaPrompt(Method):
     15. Across sets the code zeroes every residual (`model.reset()`) but keeps `ctx_order` and `ctx_use`:
         `reset_state="code"`. The default here is a fresh buffer per set (`"per-set"`).
 
-    Ties (a choice, not the code's): fresh slots all have zero residual, so they score identically; the
-    code orders them by whatever `torch.topk` returns (CUDA kernel dependent, scrambled on CPU). Here
-    both orders are stable sorts: equal scores by slot id, lower first. During warm-up this puts the
-    init slot (the lowest unused id) first among the fresh ones.
+    Ties: fresh slots all have zero residual, so they score identically, and the code orders them by
+    whatever `torch.topk` returns (`ent_order = p_ent.topk(num_prompts)[1]`, likewise `plpd_order`):
+    kernel dependent on CUDA, scrambled on CPU. Because of item 8 that order decides which slots are
+    selected, so the buffer follows it. `tie_order="topk"` (default) calls `topk` on the same device, as
+    the code; the official result itself therefore depends on the device it ran on. `tie_order="stable"`
+    orders equal scores by slot id, lower first, the same on every device (for reproducibility across
+    machines); during warm-up it puts the init slot (the lowest unused id) first among the fresh ones.
 
     (§: methods.md; issues: zzzx1224/DynaPrompt.)
 
@@ -309,6 +320,8 @@ class DynaPrompt(Method):
         cfg = self.config
         if cfg.variant not in VARIANTS:
             raise ValueError(f"dynaprompt variant must be one of {', '.join(VARIANTS)}, got {cfg.variant!r}")
+        if cfg.tie_order not in TIE_ORDERS:
+            raise ValueError(f"dynaprompt tie_order must be one of {', '.join(TIE_ORDERS)}, got {cfg.tie_order!r}")
         if cfg.reset_state not in RESET_STATES:
             raise ValueError(f"dynaprompt reset_state must be one of {', '.join(RESET_STATES)}, "
                              f"got {cfg.reset_state!r}")
@@ -378,7 +391,7 @@ class DynaPrompt(Method):
             difference = "max-logit" if cfg.variant == "reference" else "probability"
             ent, diff = slot_scores(logits.detach(), difference)
             if cfg.variant == "reference":
-                selection = buffer.select_reference(ent, diff)
+                selection = buffer.select_reference(ent, diff, cfg.tie_order)
             else:
                 selection = buffer.select_paper(ent, diff)
             chosen = logits[:, selection.rows]  # (V, n, C)
@@ -443,7 +456,9 @@ class DynaPrompt(Method):
         if cfg.variant == "reference":
             variant = (f"DynaPrompt variant 'reference' (official code, quirks kept): {self.num_slots} prompt slots, "
                        "the fresh prompt always selected, the least recently selected slot restarted every "
-                       "sample once all are used; ties between equal scores broken by the lower slot id")
+                       "sample once all are used; " + ("equal scores ordered by torch.topk on this device, as the code "
+                       "(tie_order=topk)" if cfg.tie_order == "topk" else "equal scores ordered by slot id, lower "
+                       "first (tie_order=stable)"))
         else:
             variant = (f"DynaPrompt variant 'paper': buffer of up to {self.num_slots} prompts, selected when their "
                        "entropy is lower and probability difference larger than 'a photo of a''s; a new prompt "

@@ -5,23 +5,26 @@ drops the step and the temperature. It keeps the int(64 * 0.3) = 19 lowest-entro
 each vote one-hot for its top class, and predicts the class with most votes. No gradients, no AugMix
 (ZERO's `data/augs.py` crops and flips only), text features cached once per set.
 
-Faithful to FarinaMatteo/zero `ttas/zero.py` (`Zero.zero`, lines 50-87), `ttas/base.py`
+Faithful to FarinaMatteo/zero@c609f7c `ttas/zero.py` (`Zero.zero`), `ttas/base.py`
 (`confidence_filter`) and `utils/tools.py` (`greedy_break`, `break_sample_tie`):
 
-* Filter: entropy of softmax(cos / T), T = 1 / logit_scale.exp() (zero.py:66). The code writes the
+* Filter: entropy of softmax(cos / T), T = 1 / logit_scale.exp(). The code writes the
   entropy as p * log p, which is NaN once a probability underflows to 0 (a cosine gap above ~1, beyond
   CLIP); we use log_softmax (`losses.entropy`), equal wherever the code's value is finite.
-* Vote: the code sums softmax(cos / float32 eps) over the kept views (zero.py:70-71), a one-hot vote per
+* Vote: the code sums softmax(cos / float32 eps) over the kept views, a one-hot vote per
   view except when a view's top two cosines lie within a few ulps; we count argmax votes.
-* Ties (zero.py:74-84): when several classes share the most votes, the code walks `l[k:]`, the views
-  k = int(V * gamma) .. V-1 **in their input order** (not sorted by entropy, so kept views can be among
-  them), and picks the first one whose argmax is a tied class (`greedy_break`). That is our default
-  `tie_break="view_order"`; `"confidence"` walks the discarded views from most to least confident
-  instead, the paper's reading (methods.md §5). If no such view exists, `break_sample_tie` means to take
-  the argmax over the tied classes of the first of those views, but `logit[~ties]` on an int tensor is a
-  bitwise NOT (negative indices), so it masks classes C-1-t and can return a class that was not tied. We
-  implement the evident intent. With no views left to walk (V * gamma = V) the first tied class wins, as
-  the code's `torch.max` would pick. The code then adds one vote to the winner (zero.py:84).
+* Ties (zero.py, the `len(ties) > 1` branch): when several classes share the most votes, the code
+  walks the views that the filter discarded, from most to least confident (`full_idx[k:]`, the rest of
+  `confidence_filter`'s entropy argsort, since commit cbd7949 "bugfix greedy_break"; our reference is
+  c609f7c), and picks the first one whose argmax is a tied class (`greedy_break`). That is the default
+  `tie_break="confidence"`. `"view_order"` is the code before cbd7949, which walked `l[k:]`, the views
+  k = int(V * gamma) .. V-1 in their input order (kept views can be among them). If no walked view
+  predicts a tied class, `break_sample_tie` takes the argmax of the first walked view after
+  `logit[~ties] = -inf`; `ties` is an int tensor, so `~t` is the index -t-1 and the classes masked are
+  C-1-t, not the untied ones: the winner is usually that view's own (untied) top class. The default
+  `tie_fallback="reference"` reproduces this; `"tied_classes"` is the evident intent, the tied class that
+  view scores highest. With no views left to walk (gamma = 1) the code fails (`logits[0]` of an empty
+  tensor); we give the first tied class. The code then adds one vote to the winner, tied or not.
 * Logits: the code returns those vote counts, so its top-5 order among equal counts is `topk`'s whim.
   We return counts (+1 for a tie winner, as the code) plus 0.5 * the views' mean softmax probability,
   which is below one vote, so the argmax is ZERO's prediction and equal counts rank by confidence.
@@ -40,7 +43,8 @@ from .base import MethodConfig, register
 from .losses import entropy
 from .zeroshot import FixedPromptMethod
 
-TIE_BREAKS = ("view_order", "confidence")
+TIE_BREAKS = ("confidence", "view_order")
+TIE_FALLBACKS = ("reference", "tied_classes")
 SECONDARY_WEIGHT = 0.5  # mean probability is at most 1, so this never outweighs one vote
 
 
@@ -48,21 +52,30 @@ SECONDARY_WEIGHT = 0.5  # mean probability is at most 1, so this never outweighs
 class ZeroConfig(MethodConfig):
     gamma: float = 0.3  # fraction of views kept (ttas/zero.py: self.gamma; 0.1 in earlier commits)
     templates: str = "single"  # "a photo of a {}."; "simple_7" is ZERO's --templates (the 7 Tip templates)
-    tie_break: str = "view_order"  # "view_order" as the code, or "confidence" (the paper's reading)
+    # ties walk the discarded views: "confidence" most confident first (c609f7c, since cbd7949),
+    # "view_order" in input order (the code before cbd7949)
+    tie_break: str = "confidence"
+    # no walked view names a tied class: "reference" the code's break_sample_tie (masks classes C-1-t),
+    # "tied_classes" its intent (the first walked view's best tied class)
+    tie_fallback: str = "reference"
 
     def __post_init__(self) -> None:
         if self.tie_break not in TIE_BREAKS:
             raise ValueError(f"tie_break={self.tie_break!r} is not known; use one of {', '.join(TIE_BREAKS)}")
+        if self.tie_fallback not in TIE_FALLBACKS:
+            raise ValueError(f"tie_fallback={self.tie_fallback!r} is not known; use one of {', '.join(TIE_FALLBACKS)}")
 
 
-def zero_vote(logits: Tensor, gamma: float = 0.3, tie_break: str = "view_order") -> Tensor:
+def zero_vote(logits: Tensor, gamma: float = 0.3, tie_break: str = "confidence",
+              tie_fallback: str = "reference") -> Tensor:
     """ZERO on one image: logits (V, C) at the model's temperature -> (C,) scores whose argmax is ZERO's
     prediction: votes of the int(V * gamma) most confident views, +1 for a tie's winner, plus a confidence
     term below one vote (module docstring)."""
-    return zero_votes(logits[None], gamma, tie_break)[0]
+    return zero_votes(logits[None], gamma, tie_break, tie_fallback)[0]
 
 
-def zero_votes(logits: Tensor, gamma: float = 0.3, tie_break: str = "view_order") -> Tensor:
+def zero_votes(logits: Tensor, gamma: float = 0.3, tie_break: str = "confidence",
+               tie_fallback: str = "reference") -> Tensor:
     """`zero_vote` for B images at once, logits (B, V, C) -> (B, C); only tied images are walked one by one."""
     n_views, n_classes = logits.shape[-2:]
     logits = logits.float()
@@ -72,22 +85,24 @@ def zero_votes(logits: Tensor, gamma: float = 0.3, tie_break: str = "view_order"
     votes = F.one_hot(kept, n_classes).sum(1).float()  # (B, C)
     tied = votes == votes.max(-1, keepdim=True).values  # (B, C) bool
     for b in (tied.sum(-1) > 1).nonzero()[:, 0].tolist():
-        fallback = logits[b, n_keep:] if tie_break == "view_order" else logits[b, order[b, n_keep:]]  # (V - n_keep, C)
-        votes[b, break_tie(tied[b], fallback)] += 1
+        walked = logits[b, n_keep:] if tie_break == "view_order" else logits[b, order[b, n_keep:]]  # (V - n_keep, C)
+        votes[b, break_tie(tied[b], walked, tie_fallback)] += 1
     return votes + SECONDARY_WEIGHT * logits.softmax(-1).mean(-2)
 
 
-def break_tie(tied: Tensor, fallback: Tensor) -> Tensor:
-    """tied (C,) bool, fallback (F, C) logits in the order they are tried -> the winning class index:
-    the first fallback view whose argmax is tied, else the tied class the first fallback view scores
-    highest, else (no fallback views) the first tied class."""
-    preds = fallback.argmax(-1)  # (F,)
+def break_tie(tied: Tensor, walked: Tensor, fallback: str = "reference") -> Tensor:
+    """tied (C,) bool, walked (F, C) logits in the order they are tried -> the winning class index: the
+    first walked view whose argmax is tied (`greedy_break`); else the first walked view's argmax, with
+    classes C-1-t masked for each tied t ("reference": `break_sample_tie`'s `logit[~ties]`) or with the
+    untied classes masked ("tied_classes"); with no walked views, the first tied class."""
+    preds = walked.argmax(-1)  # (F,)
     hits = preds[tied[preds]]
     if len(hits):
         return hits[0]
-    if len(fallback):
-        return fallback[0].masked_fill(~tied, float("-inf")).argmax()
-    return tied.nonzero()[0, 0]
+    if not len(walked):
+        return tied.nonzero()[0, 0]
+    masked = tied.flip(0) if fallback == "reference" else ~tied  # ~t indexes class C-1-t
+    return walked[0].masked_fill(masked, float("-inf")).argmax()
 
 
 @register
@@ -97,17 +112,19 @@ class Zero(FixedPromptMethod):
     name = "zero"
     n_views = 64
     Config = ZeroConfig
-    source = "FarinaMatteo/zero ttas/zero.py (Zero.zero), ttas/base.py, utils/tools.py; NeurIPS'24"
+    source = "FarinaMatteo/zero@c609f7c ttas/zero.py (Zero.zero), ttas/base.py, utils/tools.py; NeurIPS'24"
 
     def augmix(self, set_id: str) -> bool:
         return False  # ZERO's MultiViewCropAndFlip: crops and flips for every set
 
     @torch.no_grad()
     def predict(self, views: Tensor) -> Tensor:
-        return zero_vote(self.view_logits(views), self.config.gamma, self.config.tie_break)
+        cfg = self.config
+        return zero_vote(self.view_logits(views), cfg.gamma, cfg.tie_break, cfg.tie_fallback)
 
     @torch.no_grad()
     def predict_batch(self, views: Tensor) -> tuple[Tensor, list[int]]:
         """All B * V views (B, V, 3, H, W) through the encoder in one pass, then the B votes together."""
         logits = self.view_logits(views)  # (B, V, C)
-        return zero_votes(logits, self.config.gamma, self.config.tie_break), [0] * len(views)
+        cfg = self.config
+        return zero_votes(logits, cfg.gamma, cfg.tie_break, cfg.tie_fallback), [0] * len(views)
