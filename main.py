@@ -9,7 +9,7 @@ Without --weights, the checkpoint is looked for where OpenAI's `clip` package ke
 
 import sys
 
-from mintclip.cli import seed_main
+from mintclip.cli import original_main
 
 if __name__ == "__main__":
-    sys.exit(seed_main())
+    sys.exit(original_main())

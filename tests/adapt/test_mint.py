@@ -19,6 +19,7 @@ from torch import nn
 
 import mintclip
 from mintclip.adapt import build_method
+from mintclip.adapt.mint import default_query_layers
 from mintclip.cli import main
 from mintclip.engine.records import read_records
 from mintclip.model import Tokenizer
@@ -401,6 +402,18 @@ def test_no_memory_leaves_the_image_encoder_unprompted():
     method.predict(views)
     assert not torch.equal(spy["ctx"][-1], spy["ctx"][0])  # only the text context adapts
     assert all(torch.equal(v, start[k]) for k, v in method.state_dict().items())
+
+
+def test_default_query_layers_are_the_codes_depths_on_any_vit():
+    assert default_query_layers(12) == [3, 7, 11]  # the code's blocks on ViT-B
+    assert default_query_layers(24) == [7, 15, 23] and default_query_layers(6) == [1, 3, 5]
+    assert default_query_layers(3) == [0, 1, 2] and default_query_layers(1) == [0]
+    model = tiny_clip()  # 3 blocks: the default runs, where 3,7,11 would not
+    method = build_method("mint", {k: v for k, v in TINY.items() if k != "query_layers"} | {"bank_size": 16})
+    method.setup(model, CLASSES, "I")
+    assert method.query_layers == [0, 1, 2]
+    with pytest.raises(ValueError, match="query_layers"):
+        build_method("mint", {"query_layers": "3,7,11"}).check(model)
 
 
 def test_one_query_layer_retrieves_two_entries_per_view():

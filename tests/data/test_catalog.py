@@ -94,12 +94,14 @@ def test_missing_unknown_and_empty_classes_and_stray_files(tmp_path):
         open_dataset(tmp_path / "empty", "A")
     make_tree(tmp_path / "stray" / "imagenet-a", a_wnids)
     (tmp_path / "stray" / "imagenet-a" / "labels.csv").write_text("x")
-    with pytest.raises(DatasetError, match="stray file.*labels.csv"):
-        open_dataset(tmp_path / "stray", "A")
+    assert [p.name for p in open_dataset(tmp_path / "stray", "A").skipped_files] == ["labels.csv"]
+    with pytest.raises(DatasetError, match="not images.*: labels.csv; remove them, or drop --strict"):
+        open_dataset(tmp_path / "stray", "A", strict=True)
     make_tree(tmp_path / "inner" / "imagenet-a", a_wnids)
     (tmp_path / "inner" / "imagenet-a" / a_wnids[3] / "notes.txt").write_text("x")
-    with pytest.raises(DatasetError, match="non-image file.*notes.txt"):
-        open_dataset(tmp_path / "inner", "A")
+    ds = open_dataset(tmp_path / "inner", "A")
+    assert len(ds) == 200 and ds.skipped_files == [tmp_path / "inner" / "imagenet-a" / a_wnids[3] / "notes.txt"]
+    assert ds.mapping_preview(1) == f"classes: {a_wnids[0]} -> stingray, ... (200)"
 
 
 def make_coop_set(folder, classes, split_name, image_dir, per_class=2, split_dir=None):

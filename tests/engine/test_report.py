@@ -150,3 +150,42 @@ def test_the_command_line(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "report2")]) == 2
     err = capsys.readouterr().err
     assert "not a mintclip run folder" in err and err.count("\n") == 1
+
+
+def with_data(run: Path, set_id: str, **fingerprint) -> Path:
+    """The run's config.json with a data fingerprint of `set_id`, as `mintclip run` writes it."""
+    config = json.loads((run / "config.json").read_text())
+    config["datasets"] = {set_id: {"fingerprint": {"set_id": set_id, "root": "/data", "samples": 10, "classes": 2,
+                                                   "classes_sha256": "c", "samples_sha256": "s", **fingerprint}}}
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def test_a_run_that_did_not_record_its_data_joins_one_data_and_stands_apart_among_several(tmp_path):
+    same = records(right(6, 10), right(4, 10))
+    a = with_data(write_run(tmp_path / "a", "tpt", {"X": [same]}), "X", root="/data/a")
+    old = write_run(tmp_path / "old", "mta", {"X": [same]})
+    joined = report_runs([a, old], tmp_path / "joined")
+    assert "| method | X | average |" in joined and "Note:" not in joined  # unknown data is accepted
+    b = with_data(write_run(tmp_path / "b", "tda", {"X": [same]}), "X", root="/data/b")
+    report = report_runs([a, old, b], tmp_path / "apart")
+    assert "| method | X (2 classes, /data/a) | X (data not recorded) | X (2 classes, /data/b) | average |" in report
+    assert "(they differ in root)" in report and "X (data not recorded): mta;" in report
+    assert "| tda | - | - | +20.00 [" in gains_md(report)  # its gain in its own column, and no average
+    c = with_data(write_run(tmp_path / "c", "zeroshot", {"X": [same]}), "X", root="/data/a", samples=12,
+                  samples_sha256="t")
+    told_apart = report_runs([a, c], tmp_path / "told_apart")
+    assert "| method | X (2 classes, /data/a, 10 images) | X (2 classes, /data/a, 12 images) | average |" in told_apart
+
+
+def gains_md(report: str) -> str:
+    return report[report.index("## Gain over zero-shot"):]
+
+
+def test_ece_is_left_out_for_a_method_whose_scores_are_not_probabilities(tmp_path):
+    """A run saved before config.json said whether its scores are probabilities takes its method's word."""
+    runs = [write_run(tmp_path / name, name, {"X": [records(right(6, 10), right(4, 10))]}) for name in ("zero", "tpt")]
+    report = report_runs(runs, tmp_path / "report")
+    assert "Note: ECE not reported for zero: its scores are not probabilities (e.g. vote counts)" in report
+    ece = {row["method"]: row["ece"] for row in csv.DictReader(open(tmp_path / "report" / "summary.csv"))}
+    assert ece == {"zero-shot (records)": "", "zero": "", "tpt": "20.0000"}  # tpt: confidence 0.8, accuracy 0.6

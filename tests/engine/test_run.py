@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from mintclip.adapt import available_methods
-from mintclip.cli import main, seed_main
+from mintclip.cli import main, original_main
 from mintclip.engine.records import read_records
 from mintclip.engine.run import cxx_compiler
 from tests.data.test_catalog import make_coop_set
@@ -157,7 +157,7 @@ def test_online_sub_streams_are_independent_and_resume_exactly(tmp_path, checkpo
 
 def test_images_adapted_in_batches_give_the_predictions_of_one_at_a_time(tmp_path, checkpoint):
     data = random_images(tmp_path / "tree", ["cat", "dog"], per_class=5)
-    (data / "dog" / "1.png").write_bytes(b"not an image")
+    (data / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # a PNG by its first bytes, unreadable
     args = ["--hp", "precision=fp32", "n_views=8"]
     assert main(run_args(data, checkpoint, tmp_path / "one", "tpt", *args)) == 0
     assert main(run_args(data, checkpoint, tmp_path / "three", "tpt", *args, "--batch-images", "3")) == 0
@@ -217,8 +217,9 @@ def test_mistakes_fail_before_any_work(tree, checkpoint, tmp_path, capsys):
           str(tmp_path / "b"), "--no-progress"], "no ImageNet-A here"),
         (run_args(tree, tmp_path / "missing.pt", tmp_path / "c", "tpt"), "missing.pt: no such file"),
         (run_args(tree, checkpoint, tmp_path / "d", "nosuch"), "unknown method 'nosuch'"),
-        (run_args(tree, checkpoint, tmp_path / "e", "tpt", "--hp", "lr=fast"), "could not convert"),
-        (run_args(tree, checkpoint, tmp_path / "f", "mint"), "need blocks that this 3-block ViT lacks"),
+        (run_args(tree, checkpoint, tmp_path / "e", "tpt", "--hp", "lr=fast"), "lr='fast': expected a number"),
+        (run_args(tree, checkpoint, tmp_path / "f", "mint", "--hp", "query_layers=3,7,11"),
+         "need blocks that this 3-block ViT lacks"),
         (run_args(tree, checkpoint, tmp_path / "g", "tpt", "--online-shards", "2"), "needs an online method"),
         (run_args(tree, checkpoint, tmp_path / "h", "tda", "--batch-images", "4"), "1 for an online method"),
         *([(run_args(tree, checkpoint, tmp_path / "i", "tpt", "--compile"), "needs a C++ compiler")]
@@ -268,7 +269,7 @@ def test_a_full_disk_is_one_line_and_resume_finishes_the_run(tree, checkpoint, t
 
 def test_seeds_give_mean_and_std(tree, checkpoint, tmp_path):
     out = tmp_path / "seeds"
-    assert main(run_args(tree, checkpoint, out, "zeroshot", "--seeds", "0", "1")) == 0
+    assert main(run_args(tree, checkpoint, out, "zeroshot", "--seeds", "0,1")) == 0
     assert "±" in (out / "summary.md").read_text()
     orders = [[r["index"] for r in read_records(out / f"seed{s}" / "folder" / "records.jsonl")] for s in (0, 1)]
     assert sorted(orders[0]) == sorted(orders[1]) == list(range(12)) and orders[0] != orders[1]
@@ -277,7 +278,7 @@ def test_seeds_give_mean_and_std(tree, checkpoint, tmp_path):
 def test_each_seed_is_its_own_stream_from_a_fresh_state(tree, checkpoint, tmp_path):
     """An online method's memory must not flow from seed 0 into seed 1: seed 1 run alone is the same."""
 
-    for out, seeds in (("both", ["0", "1"]), ("alone", ["1"])):
+    for out, seeds in (("both", ["0,1"]), ("alone", ["1"])):
         assert main(run_args(tree, checkpoint, tmp_path / out, RunningMeanMethod.name, "--seeds", *seeds)) == 0
     assert ((tmp_path / "both" / "seed1" / "folder" / "records.jsonl").read_bytes()
             == (tmp_path / "alone" / "seed1" / "folder" / "records.jsonl").read_bytes())
@@ -285,7 +286,7 @@ def test_each_seed_is_its_own_stream_from_a_fresh_state(tree, checkpoint, tmp_pa
 
 def test_the_seed_repositorys_command_line(tree, checkpoint, tmp_path):
     out = tmp_path / "seed_cli"
-    assert seed_main([str(tree), "--test_sets", "folder", "-a", "ViT-B/16", "--weights", str(checkpoint),
+    assert original_main([str(tree), "--test_sets", "folder", "-a", "ViT-B/16", "--weights", str(checkpoint),
                       "--resolution", "224", "-j", "0", "-b", "16", "--lr", "0.005", "--selection_p", "0.25",
                       "--tta_steps", "1", "--n_ctx", "4", "--ctx_init", "a_photo_of_a", "--seed", "0", "-p", "10",
                       "--out", str(out), "--limit", "2", "--no-progress", "--method", "tpt"]) == 0
@@ -298,7 +299,7 @@ def test_the_seed_command_line_runs_mint_by_default(tree, checkpoint, tmp_path):
     coop = tmp_path / "coop.pth"
     import torch
     torch.save({"state_dict": {"ctx": torch.randn(4, 64)}}, coop)
-    assert seed_main([str(tree), "--test_sets", "folder", "--weights", str(checkpoint), "--load", str(coop), "-b", "8",
+    assert original_main([str(tree), "--test_sets", "folder", "--weights", str(checkpoint), "--load", str(coop), "-b", "8",
                       "--out", str(out), "--limit", "2", "--no-progress", "-j", "0",
                       "--hp", "query_layers=0,1,2", "bank_size=16"]) == 0
     config = json.loads((out / "config.json").read_text())["method"]

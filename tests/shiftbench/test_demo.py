@@ -13,18 +13,23 @@ def test_a_reduced_demo_runs_every_method_on_every_domain(tmp_path, capsys):
     args = ["demo", "--out", str(out), "--samples", "3", "--per-class", "1", "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    table = (out / "report" / "summary.md").read_text()
+    runs = out / "samples-3"  # a demo of every image writes to out itself
+    table = (runs / "report" / "summary.md").read_text()
     assert f"| method | {' | '.join(SHIFTED)} | average |" in table
     for method in DEMO_METHODS:
         assert f"| {method} |" in table and f"| {method} |" in printed
         for domain in SHIFTED:
-            records = read_records(out / method / "seed0" / domain / "records.jsonl")
+            records = read_records(runs / method / "seed0" / domain / "records.jsonl")
             assert len(records) == 3 and all("top5" in r for r in records)
-    assert (out / "report" / "accuracy.png").is_file()
+    assert (runs / "report" / "accuracy.png").is_file()
     assert json.loads((out / "data" / "shiftbench.json").read_text())["per_class"] == 1
 
-    before = {p: p.read_bytes() for p in out.glob("*/seed0/*/records.jsonl")}
+    before = {p: p.read_bytes() for p in runs.glob("*/seed0/*/records.jsonl")}
     assert main(args) == 0  # the same command again resumes: every run is complete, nothing changes
-    assert {p: p.read_bytes() for p in out.glob("*/seed0/*/records.jsonl")} == before
+    assert {p: p.read_bytes() for p in runs.glob("*/seed0/*/records.jsonl")} == before
+    quicker = ["demo", "--out", str(out), "--samples", "2", "--per-class", "1", "--no-progress", "--methods", "zeroshot"]
+    assert main(quicker) == 0  # other --samples: their own folder, the first runs untouched
+    assert len(read_records(out / "samples-2" / "zeroshot" / "seed0" / SHIFTED[0] / "records.jsonl")) == 2
+    assert {p: p.read_bytes() for p in runs.glob("*/seed0/*/records.jsonl")} == before
     assert main([*args, "--per-class", "2", "--methods", "zeroshot"]) == 2  # other images under the old runs
     assert "made with other settings" in capsys.readouterr().err

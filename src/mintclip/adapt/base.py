@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import types
+import typing
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -37,6 +39,7 @@ class Method(ABC):
     n_views: ClassVar[int] = 64  # views the method needs per image (1: only the original)
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     source: ClassVar[str] = ""  # where the defaults come from: official code file or paper
+    calibrated: ClassVar[bool] = True  # softmax of the logits is a probability, so ECE means something
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -145,23 +148,40 @@ def available_methods() -> dict[str, type[Method]]:
     return dict(_REGISTRY)
 
 
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def parse_value(key: str, value: Any, hint: Any) -> Any:
+    """A `--hp` string converted to the field's declared type (`int`, `float`, `bool`, `str`, `X | None`);
+    values from YAML arrive typed and pass as they are. A bad value names the key and the type."""
+    if not isinstance(value, str):
+        return value
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    if type(None) in options and value.strip().lower() == "none":
+        return None
+    kind = next((t for t in options if t is not type(None)), str)
+    if kind is bool:
+        if value.strip().lower() not in BOOLEANS:
+            raise ValueError(f"hyper-parameter {key}={value!r}: expected true or false")
+        return BOOLEANS[value.strip().lower()]
+    if kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"hyper-parameter {key}={value!r}: expected {'an integer' if kind is int else 'a number'}"
+                             ) from None
+    return value
+
+
 def parse_overrides(config_type: type[MethodConfig], overrides: dict[str, Any]) -> dict[str, Any]:
     """Values from YAML or `--hp key=value` strings, converted to each field's declared type."""
-    fields = {f.name: f for f in dataclasses.fields(config_type)}
-    parsed = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown hyper-parameter {key!r} for this method; known: {', '.join(fields)}")
-        default = getattr(config_type(), key)
-        if isinstance(value, str) and not isinstance(default, str):
-            if isinstance(default, bool):
-                value = value.lower() in ("1", "true", "yes", "on")
-            elif default is None:
-                value = None if value.lower() == "none" else value
-            else:
-                value = type(default)(value)
-        parsed[key] = value
-    return parsed
+    hints = typing.get_type_hints(config_type)
+    fields = [f.name for f in dataclasses.fields(config_type)]
+    unknown = [key for key in overrides if key not in fields]
+    if unknown:
+        raise ValueError(f"unknown hyper-parameter {unknown[0]!r} for this method; known: {', '.join(fields)}")
+    return {key: parse_value(key, value, hints[key]) for key, value in overrides.items()}
 
 
 def build_method(name: str, overrides: dict[str, Any] | None = None) -> Method:

@@ -51,7 +51,9 @@ class MINTConfig(MethodConfig):
     bank_size: int = 512  # MINT.__init__ bank_size
     prompt_length: int = 2  # prompt_num: 1 key token + 1 value token
     top_k: int = 2  # topN, per query layer
-    query_layers: str = "3,7,11"  # CLS after these blocks (0-indexed) of the prompt-free pass
+    # CLS after these blocks (0-indexed) of the prompt-free pass; "auto": 3,7,11 on 12 blocks (the code,
+    # which runs only on ViT-B: its bank width 768 is hard-coded), the same depths 4/12, 8/12, 12/12 elsewhere
+    query_layers: str = "auto"
     inject_layers: str = "0"  # layer_e = [0]
     per_layer_keys: bool = False  # the code: one key set (group 0) for all query layers
     key_loss_weight: float = 0.2  # tta.py: - 0.2 * mean(sum(distance))
@@ -67,6 +69,11 @@ def _layers(spec: str) -> list[int]:
     return [int(x) for x in str(spec).replace("/", ",").split(",") if x.strip()]
 
 
+def default_query_layers(blocks: int) -> list[int]:
+    """The code's blocks 3, 7, 11 of 12 at the same relative depths of a ViT with `blocks` blocks."""
+    return sorted({max(0, blocks * quarter // 12 - 1) for quarter in (4, 8, 12)})
+
+
 @register
 class MINT(Method):
     name = "mint"
@@ -79,7 +86,9 @@ class MINT(Method):
     def __init__(self, config: MINTConfig | None = None) -> None:
         super().__init__(config)
         self.bank: MemoryPromptBank | None = None
-        self.query_layers, self.inject_layers = _layers(self.config.query_layers), _layers(self.config.inject_layers)
+        auto = str(self.config.query_layers).strip().lower() == "auto"
+        self.query_layers = [] if auto else _layers(self.config.query_layers)  # "auto": resolved by `check`
+        self.inject_layers = _layers(self.config.inject_layers)
         if self.config.memory not in ("bank", "static", "none"):
             raise ValueError(f"memory={self.config.memory!r}: use bank, static or none")
         if self.config.reset_memory not in ("never", "per-set"):
@@ -105,6 +114,8 @@ class MINT(Method):
         if model.config.vision.kind != "vit":
             raise ValueError("MINT prompts a vision transformer; this checkpoint has a ResNet image tower")
         blocks = len(model.visual.blocks)
+        if str(self.config.query_layers).strip().lower() == "auto":
+            self.query_layers = default_query_layers(blocks)
         if max(self.query_layers + self.inject_layers) >= blocks:
             raise ValueError(f"MINT's query_layers {self.query_layers} / inject_layers {self.inject_layers} need "
                              f"blocks that this {blocks}-block ViT lacks; set them, e.g. --hp query_layers=0,1,2")

@@ -111,6 +111,7 @@ class Zero(FixedPromptMethod):
 
     name = "zero"
     n_views = 64
+    calibrated = False  # vote counts: no ECE
     Config = ZeroConfig
     source = "FarinaMatteo/zero@c609f7c ttas/zero.py (Zero.zero), ttas/base.py, utils/tools.py; NeurIPS'24"
 

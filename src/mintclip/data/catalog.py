@@ -4,6 +4,10 @@ The commonest way TTA results go wrong is data: a root one level off (TPT#15 got
 a class order scrambled by a string sort, a class folder missing. Every set is opened through a layout
 that is recognised exactly (each one a reference repository uses), and anything else is a one-line
 `DatasetError` that says what was expected and where. Never a silent mislabel.
+
+Files that are not images by content are skipped and listed (`ImageDataset.skipped_files`), or refuse
+the set with `strict=True`; images that fail to decode are skipped at run time. The rules for trees, CSVs
+and classnames.txt are in folders.py.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pathlib import Path
 
 from .coop_splits import SETS as CROSS_DOMAIN
 from .coop_splits import open_cross_domain_set
-from .folders import DatasetError, ImageDataset, open_csv, open_image_folder
+from .folders import DatasetError, ImageDataset, non_image_error, open_csv, open_image_folder
 from .imagenet import LAYOUTS as IMAGENET_LAYOUTS
 from .imagenet import open_imagenet_set
 
@@ -51,37 +55,43 @@ def set_label(set_id: str) -> str:
     return set_id[len(SUBFOLDER):] if set_id.startswith(SUBFOLDER) else set_id
 
 
-def open_dataset(root: str | Path, set_id: str) -> ImageDataset:
-    """Open one test set under a data root (for 'folder' and 'csv', root is the tree or the CSV file)."""
+def open_dataset(root: str | Path, set_id: str, strict: bool = False) -> ImageDataset:
+    """Open one test set under a data root (for 'folder' and 'csv', root is the tree or the CSV file).
+
+    strict: a file that is not an image (by its first bytes) refuses the set instead of being skipped.
+    """
     root = Path(root).expanduser()
     set_id = resolve_set_id(set_id)
     if not root.exists():
         raise DatasetError(f"{root}: no such {'file' if set_id == 'csv' else 'directory'}")
     if set_id == "csv":
-        return open_csv(root, set_id)
+        return open_csv(root, set_id, strict)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a directory")
     if set_id == "folder":
-        return open_image_folder(root, set_id)
+        return open_image_folder(root, set_id, strict)
     if set_id.startswith(SUBFOLDER):
         tree = root / set_label(set_id)
         if not tree.is_dir():
             raise DatasetError(f"{tree}: no such directory (set {set_id!r} is the ImageFolder tree {tree.name} under "
                                f"{root})")
-        return open_image_folder(tree, set_id)
-    if set_id in IMAGENET_SETS:
-        return open_imagenet_set(root, set_id)
-    return open_cross_domain_set(root, set_id)
+        return open_image_folder(tree, set_id, strict)
+    ds = open_imagenet_set(root, set_id) if set_id in IMAGENET_SETS else open_cross_domain_set(root, set_id)
+    if strict and ds.skipped_files:
+        raise non_image_error(ds.root, ds.skipped_files, "remove them, or drop --strict to skip them")
+    return ds
 
 
-def check_data(root: str | Path, set_ids: list[str]) -> list[tuple[str, ImageDataset | None, str]]:
-    """For each set: (id, the opened dataset or None, a one-line report), without reading any image."""
+def check_data(root: str | Path, set_ids: list[str],
+               strict: bool = False) -> list[tuple[str, ImageDataset | None, str]]:
+    """For each set: (id, the opened dataset or None, a one-line report), without decoding any image."""
     report = []
     for set_id in set_ids:
         try:
-            ds = open_dataset(root, set_id)
+            ds = open_dataset(root, set_id, strict)
         except DatasetError as e:
             report.append((set_id, None, f"{set_id}: PROBLEM: {e}"))
         else:
-            report.append((set_id, ds, ds.summary()))
+            skipped = "" if ds.skipped_files else ", no non-image files"
+            report.append((set_id, ds, f"{ds.summary()}{skipped}; images that fail to decode are skipped at run time"))
     return report

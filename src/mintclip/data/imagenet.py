@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .folders import DatasetError, ImageDataset, find_class_trees, read_class_folders
+from .folders import DatasetError, ImageDataset, class_samples, find_class_trees, scan_class_folders, skipped_note
 from .templates import imagenet_assets, templates_for
 
 WNID = re.compile(r"^n\d{8}$")
@@ -60,10 +60,12 @@ def open_imagenet_set(data_root: Path, set_id: str) -> ImageDataset:
     for relative, used_by in candidates:
         folder = (data_root / relative).resolve()
         if _has_class_folders(folder, pattern):
-            samples = read_class_folders(folder, labels.get, set(labels), what)
+            scan = scan_class_folders(folder, set(labels), what)
+            samples = class_samples(folder, scan, labels.__getitem__)
             notes = ["folder names are ImageNet class indices: label = int(folder name)"] if set_id == "V" else []
             return ImageDataset(set_id, folder, f"{relative} ({used_by})", classnames, samples,
-                                templates_for(set_id), augmix=False, notes=notes)
+                                templates_for(set_id), augmix=False, notes=notes + skipped_note(folder, scan.skipped),
+                                skipped_files=scan.skipped, class_keys=sorted(labels, key=labels.__getitem__))
     expected = ", ".join(relative for relative, _ in LAYOUTS[set_id])
     found = [p for p in find_class_trees(data_root, lambda name: bool(pattern.match(name)))]
     hint = f"; class folders found at {found[0]}, which is not one of these places" if found else ""

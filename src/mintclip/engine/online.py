@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from ..adapt.base import build_method
 from ..data import set_label
-from .config import Prepared, RunConfig, stream_order
+from .config import Prepared, RunConfig, RunError, stream_order
 from .distributed import OnlineStream, merge_shards, sub_stream_suffix, suffixed
 from .plots import bar_chart_png, line_chart_png
 from .records import RecordWriter, atomic_torch_save, atomic_write_json, read_records
@@ -31,7 +31,7 @@ def run_stream(config: RunConfig, prepared: Prepared, seed: int, folder: Path, s
     checkpoint_path = folder / stream.state_file
     checkpoint = {"finished": [], "set": None, "position": 0, "state": {}}
     if config.resume and checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        checkpoint = read_state(checkpoint_path)
     pending_state = config.resume and checkpoint_path.is_file()
     for set_id in sets:
         dataset = prepared.datasets[set_id]
@@ -64,6 +64,22 @@ def run_stream(config: RunConfig, prepared: Prepared, seed: int, folder: Path, s
         save_diagnostics(method.diagnostics(), set_folder, f"{method.name} {set_id}{stream.suffix}", stream.suffix)
         if stream.count == 1:  # sub-streams are drawn together when merged
             draw_stream(method.name, set_id, {method.name: read_records(records_path)}, set_folder / "stream.png")
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A stream's saved state, weights-only. A corrupt or tampered file fails with nearly any exception
+    (torch's own advises weights_only=False, which would run what the file holds): all are one RunError."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # of any type: see the docstring
+        state = None
+    valid = (isinstance(state, dict) and isinstance(state.get("finished"), list)
+             and isinstance(state.get("set"), (str, type(None))) and isinstance(state.get("position"), int)
+             and isinstance(state.get("state"), dict))
+    if not valid:
+        raise RunError(f"{path} is not a valid mintclip state file (corrupt or not written by mintclip); delete it "
+                       "and the run folder's records to start over, or choose another --out")
+    return state
 
 
 def merge_sub_streams(config: RunConfig, prepared: Prepared, seed: int, folder: Path) -> None:

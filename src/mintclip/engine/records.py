@@ -1,4 +1,5 @@
-"""Per-sample records (JSONL, flushed as they are written) and atomic files, so a killed run loses nothing.
+"""Per-sample records (JSONL, flushed as they are written), atomic files and the run's log, so a killed
+run loses nothing.
 
 A kill can tear the last line of a JSONL file; readers drop such a line, and resume starts again from
 the last complete record (or from the last saved online state, whichever is earlier).
@@ -6,10 +7,14 @@ the last complete record (or from the last saved online state, whichever is earl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import time
+import warnings
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -79,3 +84,41 @@ class RecordWriter:
 
     def close(self) -> None:
         self.file.close()
+
+
+class RunLog:
+    """run.log: what a run said it would do, its per-set results, warnings and its error, one flushed line
+    each, appended to what earlier attempts wrote after a separator. With no path it writes nothing (the
+    processes of a torchrun job other than rank 0). As a context manager it also takes Python warnings
+    and, on the way out, the error that ended the run."""
+
+    def __init__(self, path: Path | None, separator: str = "") -> None:
+        self.file = None if path is None else open(path, "a", encoding="utf-8")
+        if self.file is not None and self.file.tell() and separator:
+            self.write(separator)
+
+    def write(self, text: str) -> None:
+        if self.file is None or self.file.closed:  # a warning from a thread that outlived the run
+            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.file.write("".join(f"{stamp} {line}\n" for line in text.splitlines()))
+        self.file.flush()
+
+    def __enter__(self) -> RunLog:
+        self.showwarning = warnings.showwarning
+
+        def log_and_show(message, category, filename, lineno, file=None, line=None) -> None:
+            self.write(f"warning: {category.__name__}: {message}")
+            self.showwarning(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = log_and_show
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        warnings.showwarning = self.showwarning
+        with contextlib.suppress(OSError):  # a full disk must not hide the error that ended the run
+            if error is not None:
+                self.write("error: " + ": ".join(filter(None, [type(error).__name__, str(error)])))
+            if self.file is not None:
+                self.file.close()

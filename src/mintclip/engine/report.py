@@ -6,7 +6,10 @@ CLIP with "a photo of a {}." on view 0, same model, same image), so every run is
 baseline and needs no zero-shot run. The accuracy table shows that baseline as a row "zero-shot (records)"
 only when no input run is the `zeroshot` method: that run is the same classifier, two rows of the same
 numbers under two names would only raise the question which one is right, and its gain row
-(+0.00 [+0.00, +0.00]) shows that they agree. Beside the tables: a bar chart of top-1, top-1 along the
+(+0.00 [+0.00, +0.00]) shows that they agree. Sets are keyed by what they are: runs whose set of one
+name was other data (their config.json's data fingerprints differ) get a column each, so they are never
+averaged together, and a run's gains pair only its own records. ECE is reported only for methods whose
+scores are probabilities (`Method.calibrated`). Beside the tables: a bar chart of top-1, top-1 along the
 stream of online runs, and the memory diagnostics of runs that keep them (MINT).
 """
 
@@ -27,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from ..adapt import available_methods
 from ..data import set_label
+from .config import FINGERPRINT_WORDS, differing_fields
 from .plots import grouped_bar_chart_png, line_chart_png
 from .records import read_records
 
@@ -38,7 +43,7 @@ class SetMetrics:
     skipped: int
     top1: float  # percent
     top5: float
-    ece: float  # percent, 20 bins as C-TPT
+    ece: float  # percent, 20 bins as C-TPT; NaN for a method whose scores are not probabilities
 
 
 def expected_calibration_error(confidences: Sequence[float], correct: Sequence[bool], bins: int = 20) -> float:
@@ -57,14 +62,19 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
     return ece
 
 
-def metrics(records: list[dict[str, Any]]) -> SetMetrics:
+def metrics(records: list[dict[str, Any]], calibrated: bool = True) -> SetMetrics:
+    """Top-1, top-5 and, when `calibrated` (softmax of the method's logits is a probability), ECE."""
     scored = [r for r in records if "skipped" not in r]
     n = len(scored)
     top1 = sum(r["top5"][0][0] == r["label"] for r in scored)
     top5 = sum(any(c == r["label"] for c, _ in r["top5"]) for r in scored)
     ece = expected_calibration_error([r["top5"][0][1] for r in scored], [r["top5"][0][0] == r["label"] for r in scored])
     pct = (lambda x: 100.0 * x / n) if n else (lambda x: 0.0)
-    return SetMetrics(n, len(records) - n, pct(top1), pct(top5), 100.0 * ece)
+    return SetMetrics(n, len(records) - n, pct(top1), pct(top5), 100.0 * ece if calibrated else math.nan)
+
+
+def ece_note(method: str) -> str:
+    return f"ECE not reported for {method}: its scores are not probabilities (e.g. vote counts)"
 
 
 def zeroshot_metrics(records: list[dict[str, Any]]) -> SetMetrics:
@@ -75,6 +85,9 @@ def zeroshot_metrics(records: list[dict[str, Any]]) -> SetMetrics:
 
 
 def mean_std(values: Sequence[float]) -> str:
+    """'61.20 ± 0.35' over seeds; '—' for a number not reported (NaN)."""
+    if any(math.isnan(v) for v in values):
+        return "—"
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
@@ -104,12 +117,17 @@ def results_table(results: dict[str, dict[str, list[SetMetrics]]], sets: Sequenc
                 top1 = [m.top1 for m in runs]
                 writer.writerow([method, s, len(runs), runs[0].samples, runs[0].skipped, f"{statistics.mean(top1):.4f}",
                                  f"{statistics.stdev(top1):.4f}" if len(runs) > 1 else "",
-                                 f"{statistics.mean(m.top5 for m in runs):.4f}",
-                                 f"{statistics.mean(m.ece for m in runs):.4f}"])
+                                 csv_mean([m.top5 for m in runs]), csv_mean([m.ece for m in runs])])
         averages = seed_averages(per_set, sets)
         cells.append(mean_std(averages) if averages else "-")
         md.append("| " + " | ".join([method, *cells]) + " |")
     return "\n".join(md) + "\n", out.getvalue()
+
+
+def csv_mean(values: Sequence[float]) -> str:
+    """The mean as a CSV cell; empty for a number not reported (NaN)."""
+    mean = statistics.mean(values)
+    return "" if math.isnan(mean) else f"{mean:.4f}"
 
 
 def details_table(method: str, per_set: dict[str, list[SetMetrics]]) -> str:
@@ -212,7 +230,23 @@ class Run:
     label: str  # the method, or "method (folder)" when another input already has that name
     folder: Path
     config: dict[str, Any]
-    records: dict[str, list[list[dict[str, Any]]]]  # set label -> the records of each seed that has some
+    records: dict[str, list[list[dict[str, Any]]]]  # column -> the records of each seed that has some
+    folders: dict[str, str]  # column -> the set's folder in the run (its label)
+    data: dict[str, dict[str, Any] | None]  # column -> the set's data fingerprint; None: saved before them
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether its scores are probabilities, as config.json says; a run saved before it said so
+        takes its method's word (a method unknown here: yes)."""
+        method = self.config["method"]
+        return method.get("calibrated", getattr(available_methods().get(method["name"]), "calibrated", True))
+
+    def rename(self, column: str, new: str) -> None:
+        """Moves a set to another column, in place, so the columns keep their order."""
+        for table in (self.records, self.folders, self.data):
+            items = list(table.items())
+            table.clear()
+            table.update((new if key == column else key, value) for key, value in items)
 
 
 def load_runs(run_dirs: Sequence[Path]) -> list[Run]:
@@ -224,12 +258,64 @@ def load_runs(run_dirs: Sequence[Path]) -> list[Run]:
         config = json.loads(config_path.read_text())
         label = config["method"]["name"]
         label = f"{label} ({folder.name})" if label in [r.label for r in runs] else label
-        per_set = {}
-        for name in map(set_label, config["run"]["test_sets"]):
+        per_set, data = {}, {}
+        for set_id in config["run"]["test_sets"]:
+            name = set_label(set_id)
             per_seed = [read_records(folder / f"seed{k}" / name / "records.jsonl") for k in config["run"]["seeds"]]
             per_set[name] = [records for records in per_seed if records]
-        runs.append(Run(label, folder, config, per_set))
+            data[name] = config.get("datasets", {}).get(set_id, {}).get("fingerprint")
+        runs.append(Run(label, folder, config, per_set, {name: name for name in per_set}, data))
     return runs
+
+
+def fingerprint_key(fingerprint: dict[str, Any]) -> str:
+    return json.dumps(fingerprint, sort_keys=True)
+
+
+DATA_PARTS = (lambda f: f"{f.get('classes', '?')} classes", lambda f: str(f.get("root", "?")),
+              lambda f: f"{f.get('samples', '?')} images",
+              lambda f: f"data {zlib.crc32(fingerprint_key(f).encode()):08x}")
+
+
+def data_columns(name: str, fingerprints: list[dict[str, Any]]) -> list[str]:
+    """Column names that tell different data under one set name apart: 'folder (4 classes, /data/a)',
+    with the number of images, then a hash of the whole fingerprint, where that is not enough."""
+    for parts in range(2, len(DATA_PARTS)):
+        names = [f"{name} ({', '.join(part(f) for part in DATA_PARTS[:parts])})" for f in fingerprints]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{name} ({', '.join(part(f) for part in DATA_PARTS)})" for f in fingerprints]
+
+
+def separate_data(runs: list[Run]) -> list[str]:
+    """Where runs hold different data under one set name (their fingerprints differ), one column per
+    data, so no number of one is averaged or paired with the other's; there, runs that did not record
+    their data get a column of their own (elsewhere they join the others: unknown is accepted).
+    Renames the runs' sets in place and returns the report's notes on it."""
+    notes = []
+    for name in dict.fromkeys(s for run in runs for s in run.data):
+        holders = [run for run in runs if name in run.data]
+        known = {fingerprint_key(run.data[name]): run.data[name] for run in holders if run.data[name] is not None}
+        if len(known) < 2:
+            continue
+        columns = dict(zip(known, data_columns(name, list(known.values()))))
+        placed: dict[str, list[str]] = {}
+        for run in holders:
+            fingerprint = run.data[name]
+            column = (columns[fingerprint_key(fingerprint)] if fingerprint is not None
+                      else f"{name} (data not recorded)")
+            run.rename(name, column)
+            placed.setdefault(column, []).append(run.label)
+        how = ", ".join(FINGERPRINT_WORDS[key] for key in differing_fields(list(known.values())))
+        where = "; ".join(f"{column}: {', '.join(labels)}" for column, labels in placed.items())
+        notes.append(f"Note: {name} is not the same data in every run (they differ in {how}), so it has one column "
+                     f"per data, never averaged or paired across them: {where}.")
+    return notes
+
+
+def file_part(name: str) -> str:
+    """A run or column name as part of a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
 
 
 def zeroshot_reference(runs: list[Run]) -> tuple[dict[str, list[SetMetrics]], list[str]]:
@@ -258,14 +344,14 @@ def memory_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
     for run in runs:
         first_seed = run.folder / f"seed{run.config['run']['seeds'][0]}"
         numbers: dict[str, dict] = {}
-        for s in run.records:
-            for path in sorted((first_seed / s).glob("diagnostics*.json")):
+        for s, name in run.folders.items():
+            for path in sorted((first_seed / name).glob("diagnostics*.json")):
                 stream = path.stem.removeprefix("diagnostics")  # '' or '.stream0-of-2'
                 row = f"{s} ({stream[1:]})" if stream else s
                 numbers[row] = json.loads(path.read_text())
-                if (first_seed / s / f"usage{stream}.png").is_file():
-                    files.append(f"usage_{re.sub(r'[^A-Za-z0-9_.-]+', '_', run.label).strip('_')}_{s}{stream}.png")
-                    shutil.copyfile(first_seed / s / f"usage{stream}.png", out / files[-1])
+                if (first_seed / name / f"usage{stream}.png").is_file():
+                    files.append(f"usage_{file_part(run.label)}_{file_part(s)}{stream}.png")
+                    shutil.copyfile(first_seed / name / f"usage{stream}.png", out / files[-1])
         if not numbers:
             continue
         keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
@@ -292,8 +378,11 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap
     """Combine run folders into summary.md (returned), summary.csv, gains.csv and the plots listed at the
     end of summary.md. A set a run names but has no records for yet shows "-"."""
     runs = load_runs(run_dirs)
+    notes = separate_data(runs)
+    notes += [f"Note: {ece_note(run.label)}; summary.csv leaves its ece empty." for run in runs if not run.calibrated]
     sets = list(dict.fromkeys(s for run in runs for s in run.records))
-    results = {run.label: {s: [metrics(r) for r in per_seed] for s, per_seed in run.records.items()} for run in runs}
+    results = {run.label: {s: [metrics(r, run.calibrated) for r in per_seed] for s, per_seed in run.records.items()}
+               for run in runs}
     reference, disagree = zeroshot_reference(runs)
     if all(run.config["method"]["name"] != "zeroshot" for run in runs) and reference:
         results = {"zero-shot (records)": reference, **results}
@@ -308,7 +397,7 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap
         streams = {run.label: stream_accuracy(run.records[s][0], block) for run in runs
                    if run.config["method"]["online"] and run.records.get(s)}
         if streams:
-            files.append(f"stream_{s}.png")
+            files.append(f"stream_{file_part(s)}.png")
             line_chart_png(streams, out / files[-1], f"{s}: top-1 (%) per block of {block} images, first seed",
                            "stream position")
     runs_table = "".join(f"| {run.label} | {run.folder} | {' '.join(map(str, run.config['run']['seeds']))} | "
@@ -316,7 +405,8 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap
     note = (f"\nZero-shot accuracy differs between runs on {', '.join(disagree)} (other weights, precision or "
             "samples): each gain is against its own run's zero-shot.\n" if disagree else "")
     sections = [
-        f"# mintclip report\n\n| run | folder | seeds | weights |\n|---|---|---|---|\n{runs_table}",
+        f"# mintclip report\n\n| run | folder | seeds | weights |\n|---|---|---|---|\n{runs_table}"
+        + "".join(f"\n{line}\n" for line in notes),
         f"## Top-1 accuracy (%), mean ± std over seeds\n\n{accuracy}",
         f"## Gain over zero-shot (top-1 points), mean [95% CI], paired bootstrap over samples, B={bootstrap}\n\n"
         "Per sample, the run's correctness averaged over its seeds minus that of zero-shot CLIP on the same image "

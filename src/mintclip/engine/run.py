@@ -1,8 +1,9 @@
 """The engine: stream each test set, make its views on the device, call the method, record every sample.
 
 Everything that can be wrong (weights, set ids, data layouts, hyper-parameters, an output folder that
-holds another run) is checked before the first image. Views depend on (seed, index) only, so every
-method sees the same views for a sample. Records are flushed one line at a time; online state is
+holds another run or is in use by one) is checked before the first image. A run locks its output folder
+for as long as it lives and logs what it does to run.log there. Views depend on (seed, index) only, so
+every method sees the same views for a sample. Records are flushed one line at a time; online state is
 saved atomically every `save_every` samples, and `resume` continues a killed run so that its records
 equal an uninterrupted run's. This module checks and orchestrates; the per-sample loop is in
 samples.py, online streams in online.py, torchrun sharding in distributed.py.
@@ -11,31 +12,40 @@ samples.py, online streams in online.py, torchrun sharding in distributed.py.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
+import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from ..adapt.base import build_method
-from ..data import open_dataset, resolve_set_id, set_label
-from ..model import load_clip
-from .config import Prepared, RunConfig, RunError, augmix_for, stream_order
+from ..data import ImageDataset, open_dataset, resolve_set_id, set_label
+from ..model import check_device, load_clip
+from .config import Prepared, RunConfig, RunError, augmix_for, data_difference, data_fingerprint, stream_order
 from .distributed import Shard, merge_shards, shard_path
 from .online import merge_sub_streams, run_stream
-from .records import RecordWriter, atomic_write_json, read_records
-from .report import details_table, metrics, results_table
+from .records import RecordWriter, RunLog, atomic_write_json, read_records
+from .report import SetMetrics, details_table, ece_note, metrics, results_table
 from .samples import run_set
 
 __all__ = ["RunConfig", "RunError", "Prepared", "prepare", "run"]
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Every check that needs no image: weights, method, set ids, layouts, and the output folder."""
+LOCK_FILE, LOG_FILE = ".lock", "run.log"  # the folder's own files, not results: a fresh run may find them
+
+
+def prepare(config: RunConfig, shard: Shard, hold: ExitStack) -> Prepared:
+    """Every check that needs no image: weights, method, set ids, layouts, and the output folder, which
+    the run then holds: its lock and run.log stay open in `hold` until the run ends."""
     set_ids = [resolve_set_id(s) for s in config.test_sets]
     config.test_sets = set_ids
     labels = [set_label(s) for s in set_ids]
@@ -51,19 +61,15 @@ def prepare(config: RunConfig) -> Prepared:
     if config.batch_images < 1 or (config.batch_images > 1 and method.online):
         raise RunError(f"--batch-images {config.batch_images}: needs B >= 1, and 1 for an online method, which adapts "
                        "one image at a time in stream order")
-    datasets = {s: open_dataset(config.data_root, s) for s in set_ids}
+    datasets = {s: open_dataset(config.data_root, s, strict=config.strict) for s in set_ids}
     out = Path(config.out)
-    saved = out / "config.json"
-    if saved.is_file():
-        previous = json.loads(saved.read_text()).get("run")
-        if not config.resume:
-            raise RunError(f"{out}: holds a run already; pass --resume to continue it, or choose another --out")
-        if previous != config.identity():
-            raise RunError(f"{out}: holds a different run (its config.json differs); --resume needs the same "
-                           "settings")
-    elif config.resume and out.exists() and any(out.iterdir()):
-        raise RunError(f"{out}: --resume, but it has no config.json of a mintclip run")
     check_writable(out)
+    lock = claim_output(out, shard)
+    if lock is not None:
+        hold.enter_context(lock)
+    check_previous_run(config, out, datasets)
+    log = hold.enter_context(RunLog(out / LOG_FILE if shard.rank == 0 else None,
+                                    separator=f"---- {'resumed' if config.resume else 'started again'} ----"))
     if config.compile and config.device.startswith("cpu") and not cxx_compiler():
         raise RunError("--compile on a CPU needs a C++ compiler (g++, c++ or clang++, or $CXX) for torch.compile; "
                        "install one or drop --compile")
@@ -74,7 +80,67 @@ def prepare(config: RunConfig) -> Prepared:
         method.check(model)
     except ValueError as e:
         raise RunError(str(e)) from None
-    return Prepared(model, method, datasets)
+    return Prepared(model, method, datasets, log)
+
+
+def check_previous_run(config: RunConfig, out: Path, datasets: dict[str, ImageDataset]) -> None:
+    """The output folder holds nothing, or the run this one resumes: the same settings and, where the
+    saved run recorded them, the same data (runs saved before data fingerprints resume as they are)."""
+    saved = out / "config.json"
+    if not saved.is_file():
+        if config.resume and any(p.name not in (LOCK_FILE, LOG_FILE) for p in out.iterdir()):
+            raise RunError(f"{out}: --resume, but it has no config.json of a mintclip run")
+        return
+    previous = json.loads(saved.read_text())
+    if not config.resume:
+        raise RunError(f"{out}: holds a run already; pass --resume to continue it, or choose another --out")
+    if previous.get("run") != config.identity():
+        raise RunError(f"{out}: holds a different run (its config.json differs); --resume needs the same settings")
+    for set_id, dataset in datasets.items():
+        before, now = previous.get("datasets", {}).get(set_id, {}).get("fingerprint"), data_fingerprint(dataset)
+        if before is not None and before != now:
+            raise RunError(f"{out}: holds a run on other data for {set_label(set_id)} (saved vs now: "
+                           f"{data_difference(before, now)}); --resume needs the same data")
+
+
+def claim_output(out: Path, shard: Shard) -> IO[str] | None:
+    """Rank 0 locks the output folder for the whole job (its processes share the folder); every process
+    learns whether it could, so a refused job stops everywhere with the same line."""
+    lock, refused = None, None
+    if shard.rank == 0:
+        try:
+            lock = lock_output(out)
+        except RunError as e:
+            refused = str(e)
+    if shard.sharded:
+        told = [refused]
+        torch.distributed.broadcast_object_list(told, src=0)
+        refused = told[0]
+    if refused:
+        raise RunError(refused)
+    return lock
+
+
+def lock_output(out: Path) -> IO[str]:
+    """An exclusive lock on `out`, held while the returned file is open. The OS releases it when the
+    process ends, however it ends, so a lock file left by a killed run blocks no one; the file is never
+    removed, as a run could otherwise lock a file that the next run no longer sees."""
+    file = open(out / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        file.seek(0)
+        holder = file.read().strip() or "pid unknown"
+        file.close()
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise RunError(f"{out} is in use by another mintclip run ({holder}); wait for it or choose another "
+                           "--out") from None
+        raise RunError(f"{out}: cannot lock it against other runs ({e.strerror}); choose an --out on a file "
+                       "system with locks") from None
+    file.truncate(0)
+    file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    file.flush()
+    return file
 
 
 def cxx_compiler() -> str | None:
@@ -97,12 +163,14 @@ def resolved_config(config: RunConfig, prepared: Prepared) -> dict[str, Any]:
     method, model = prepared.method, prepared.model
     return {
         "run": config.identity(),
-        "method": {"name": method.name, "online": method.online, "source": method.source,
-                   "hyper_parameters": dataclasses.asdict(method.config), "notes": method.notes()},
+        "method": {"name": method.name, "online": method.online, "calibrated": method.calibrated,
+                   "source": method.source, "hyper_parameters": dataclasses.asdict(method.config),
+                   "notes": method.notes()},
         "model": {"architecture": model.config.arch_name, "act": model.config.act,
                   "preprocess": dataclasses.asdict(model.config.preprocess), "sources": model.config.sources},
         "datasets": {s: {"layout": ds.layout, "root": str(ds.root), "images": len(ds), "classes": len(ds.classnames),
-                         "augmix": augmix_for(config, method, ds), "notes": ds.notes}
+                         "augmix": augmix_for(config, method, ds), "notes": ds.notes,
+                         "fingerprint": data_fingerprint(ds)}
                      for s, ds in prepared.datasets.items()},
     }
 
@@ -127,22 +195,26 @@ def run(config: RunConfig) -> dict[str, list]:
     shard = Shard.from_env()
     config.device = shard.device(config.device)
     config.progress = config.progress and shard.rank == 0
+    check_device(config.device)  # before torchrun's set_device, whose own error is a traceback
     created = shard.start(config.device)
     try:
-        return _run(config, shard)
+        with ExitStack() as hold:
+            return _run(config, shard, hold)
     finally:
         if created:
             torch.distributed.destroy_process_group()
 
 
-def _run(config: RunConfig, shard: Shard) -> dict[str, list]:
-    prepared = prepare(config)
+def _run(config: RunConfig, shard: Shard, hold: ExitStack) -> dict[str, list]:
+    prepared = prepare(config, shard, hold)
     out = Path(config.out)
     shard.barrier()  # every process has checked the output folder before rank 0 claims it
     if shard.rank == 0:
         atomic_write_json(out / "config.json", resolved_config(config, prepared))
-    if config.progress and shard.rank == 0:
-        print(describe(config, prepared), file=sys.stderr)
+    settings = describe(config, prepared)
+    prepared.log.write(settings)
+    if config.progress:
+        print(settings, file=sys.stderr)
     for seed in config.seeds:
         if prepared.method.online:
             for stream in shard.online_streams(config.test_sets, config.online_shards):
@@ -158,11 +230,20 @@ def _run(config: RunConfig, shard: Shard) -> dict[str, list]:
     results: dict[str, list] = {s: [] for s in config.test_sets}
     for seed in config.seeds:
         for set_id in config.test_sets:
-            results[set_id].append(metrics(read_records(out / f"seed{seed}" / set_label(set_id) / "records.jsonl")))
+            results[set_id].append(metrics(read_records(out / f"seed{seed}" / set_label(set_id) / "records.jsonl"),
+                                           prepared.method.calibrated))
+            prepared.log.write(result_line(set_label(set_id), seed, results[set_id][-1]))
     if shard.rank == 0:
         write_summary(config, prepared, results, shard)
+        prepared.log.write(f"done: wrote {out / 'summary.md'} and {out / 'summary.csv'}")
     shard.barrier()
     return results
+
+
+def result_line(label: str, seed: int, m: SetMetrics) -> str:
+    ece = "ECE not reported" if math.isnan(m.ece) else f"ECE {m.ece:.2f}%"
+    return (f"{label} seed {seed}: top-1 {m.top1:.2f}%, top-5 {m.top5:.2f}%, {ece} ({m.samples} samples scored, "
+            f"{m.skipped} skipped)")
 
 
 def write_summary(config: RunConfig, prepared: Prepared, results: dict[str, list], shard: Shard) -> None:
@@ -170,7 +251,7 @@ def write_summary(config: RunConfig, prepared: Prepared, results: dict[str, list
     by_label = {set_label(s): runs for s, runs in results.items()}
     markdown, table = results_table({prepared.method.name: by_label}, list(by_label))
     details = details_table(prepared.method.name, by_label)
-    notes = [*prepared.method.notes()]
+    notes = [*prepared.method.notes(), *([] if prepared.method.calibrated else [ece_note(prepared.method.name)])]
     if config.online_shards:
         k = config.online_shards
         notes.append(f"online method in {k} independent sub-streams per set: sub-stream i took positions i, i + {k}, "

@@ -3,8 +3,9 @@
 from .checkpoints import CheckpointError
 from .clip import CLIP
 from .config import CLIPConfig, Preprocess, TextConfig, VisionConfig
-from .factory import inspect_checkpoint, load_clip, save_clip
+from .factory import DeviceError, check_device, inspect_checkpoint, load_clip, save_clip
+from .locate import locate_weights
 from .tokenizer import TextTooLongError, Tokenizer
 
-__all__ = ["CLIP", "CLIPConfig", "CheckpointError", "Preprocess", "TextConfig", "TextTooLongError", "Tokenizer",
-           "VisionConfig", "inspect_checkpoint", "load_clip", "save_clip"]
+__all__ = ["CLIP", "CLIPConfig", "CheckpointError", "DeviceError", "Preprocess", "TextConfig", "TextTooLongError",
+           "Tokenizer", "VisionConfig", "check_device", "inspect_checkpoint", "load_clip", "locate_weights", "save_clip"]

@@ -10,7 +10,6 @@ they came from.
 from __future__ import annotations
 
 import json
-import pickle
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -21,8 +20,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from .torchscript import is_torchscript_zip, read_torchscript
+from .torchscript import ForbiddenObject, is_torchscript_zip, read_torchscript
 
+MAX_SAFETENSORS_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 IGNORED_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 HF_BLOCK = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
@@ -57,10 +57,16 @@ class RawCheckpoint:
 
 
 def read_checkpoint(path: str | Path) -> RawCheckpoint:
+    """Every problem, an unreadable file included, is a one-line CheckpointError naming the path."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(path, "no such file or directory")
-    raw = _read_directory(path) if path.is_dir() else _read_file(path, path)
+    try:
+        if not path.exists():
+            raise CheckpointError(path, "no such file or directory")
+        if not path.is_dir() and not path.is_file():
+            raise CheckpointError(path, "not a regular file or a directory")
+        raw = _read_directory(path) if path.is_dir() else _read_file(path, path)
+    except OSError as e:
+        raise CheckpointError(e.filename or path, f"cannot read it ({e.strerror or e})") from None
     raw.state_dict = normalise(raw.state_dict)
     return raw
 
@@ -81,40 +87,69 @@ def _read_directory(path: Path) -> RawCheckpoint:
 
 
 def _read_file(file: Path, named: Path) -> RawCheckpoint:
+    """By content: a file's name says nothing (a torch.save pickle called `.safetensors` is a pickle)."""
     with open(file, "rb") as f:
-        head = f.read(16)
+        head = f.read(512)
     size = file.stat().st_size
     if size == 0:
         raise CheckpointError(file, "empty file")
     if head.startswith(b"PK\x03\x04"):
         raw = _read_zip(file, named)
-    elif _looks_like_safetensors(head, size):
-        raw = _read_safetensors(file, named)
+    elif head[8:9] == b"{" and 0 < _header_length(head) <= MAX_SAFETENSORS_HEADER:
+        raw = _read_safetensors(file, named, size)
     elif head[:1] == b"\x80":  # a pickle protocol opcode: torch.save's legacy format
         raw = RawCheckpoint(named, file, "torch-pickle", _torch_load(file))
     else:
-        raise CheckpointError(file, "not a checkpoint: expected a PyTorch, TorchScript or safetensors file")
+        raise CheckpointError(file, f"not a checkpoint: {describe_content(head)}; "
+                                    "expected a PyTorch, TorchScript or safetensors file")
     sidecar = file.parent / "open_clip_config.json"
     if not raw.stated and sidecar.is_file():
         raw.stated, raw.source = stated_by_open_clip(_read_json(sidecar)), str(sidecar)
     return raw
 
 
-def _looks_like_safetensors(head: bytes, size: int) -> bool:
-    header_len = struct.unpack("<Q", head[:8])[0] if len(head) >= 9 else 0
-    return 0 < header_len <= size - 8 and head[8:9] == b"{"
+def _header_length(head: bytes) -> int:
+    """safetensors' first 8 bytes: the length of the JSON header that follows, little-endian."""
+    return struct.unpack("<Q", head[:8])[0]
+
+
+def describe_content(head: bytes) -> str:
+    """What a file that is no checkpoint looks like, from its first bytes: usually a download gone wrong."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html")) or b"<html" in text:
+        return "looks like an HTML page (a failed download?)"
+    if text.startswith(b"<?xml"):
+        return "looks like an XML document (a storage service's error reply? a failed download?)"
+    if text.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the weights (fetch them with git lfs pull)"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip-compressed file (decompress it first)"
+    if head[257:262] == b"ustar":
+        return "a tar archive (extract it first)"
+    decoded = head.decode("utf-8", errors="replace")  # one replacement: a character cut at 512 bytes
+    if decoded.count("\ufffd") <= 1 and all(c.isprintable() or c in "\t\r\n\ufffd" for c in decoded):
+        kind = "a JSON file" if text.startswith((b"{", b"[")) else "a text file"
+        return f"looks like {kind} (starts {decoded.strip()[:40]!r})"
+    return f"unrecognised content (starts with bytes {head[:8].hex(' ')})"
 
 
 def _read_zip(file: Path, named: Path) -> RawCheckpoint:
+    """A corrupt archive fails in the zip reader or in unpickling, with nearly any exception type."""
     try:
         with zipfile.ZipFile(file) as archive:
-            if not is_torchscript_zip(archive.namelist()):
+            names = archive.namelist()
+            if not any(n.endswith("data.pkl") for n in names):
+                raise CheckpointError(file, "a zip archive, but not a PyTorch or TorchScript checkpoint "
+                                            "(no data.pkl in it)")
+            if not is_torchscript_zip(names):
                 return RawCheckpoint(named, file, "torch-zip", _torch_load(file))
             tensors, classes = read_torchscript(archive)
-    except (zipfile.BadZipFile, EOFError, KeyError, OSError) as e:
-        raise CheckpointError(file, f"truncated or corrupt archive ({type(e).__name__}: {e})") from None
-    except pickle.UnpicklingError as e:
+    except CheckpointError:
+        raise
+    except ForbiddenObject as e:
         raise CheckpointError(file, f"TorchScript archive refused: {e}") from None
+    except Exception as e:  # of any type: see the docstring
+        raise CheckpointError(file, f"truncated or corrupt archive ({type(e).__name__}: {e})") from None
     # OpenAI's `clip.load` preprocesses every TorchScript archive the same way (bicubic, OpenAI mean/std).
     stated: dict[str, Any] = {"preprocess": {}}
     if "QuickGELU" in classes or "GELU" in classes:
@@ -123,7 +158,11 @@ def _read_zip(file: Path, named: Path) -> RawCheckpoint:
                          "TorchScript archive (module classes it names; OpenAI clip.load's preprocessing)")
 
 
-def _read_safetensors(file: Path, named: Path) -> RawCheckpoint:
+def _read_safetensors(file: Path, named: Path, size: int) -> RawCheckpoint:
+    needed = _safetensors_size(file)
+    if needed is not None and needed > size:
+        raise CheckpointError(file, f"truncated or corrupt safetensors file (its header promises {needed} bytes, "
+                                    f"the file has {size}: an interrupted download?)")
     try:
         with safe_open(str(file), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -136,17 +175,34 @@ def _read_safetensors(file: Path, named: Path) -> RawCheckpoint:
     return raw
 
 
-def _torch_load(file: Path) -> dict[str, Tensor]:
+def _safetensors_size(file: Path) -> int | None:
+    """The size the header promises (8 + header + the furthest tensor's end); None if the header is unreadable."""
+    with open(file, "rb") as f:
+        length = _header_length(f.read(8))
+        header = f.read(length)
+    if len(header) < length:
+        return 8 + length
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(file, "refused: it holds Python objects beyond plain tensors and containers "
-                                    f"({first}); mintclip never unpickles arbitrary objects: convert it "
-                                    "to safetensors where you trust it") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(file, f"truncated or corrupt PyTorch file ({first})") from None
+        entries = json.loads(header).values()
+        return 8 + length + max((int(e["data_offsets"][1]) for e in entries if isinstance(e, dict)
+                                 and "data_offsets" in e), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return None
+
+
+def _torch_load(file: Path) -> dict[str, Tensor]:
+    """Weights-only unpickling from an open file (a path named `.safetensors` would send torch.load to
+    safetensors). A corrupt pickle fails with nearly any exception type, so every one is caught."""
+    with open(file, "rb") as f:
+        try:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # of any type: see the docstring
+            reason = unpickling_reason(e)
+            if "GLOBAL" in reason:
+                raise CheckpointError(file, "refused: it holds Python objects beyond plain tensors and containers "
+                                            f"({reason}); mintclip never unpickles arbitrary objects: convert it "
+                                            "to safetensors where you trust it") from None
+            raise CheckpointError(file, f"truncated or corrupt PyTorch file ({reason})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not any(isinstance(v, Tensor) for v in obj.values()):
@@ -154,11 +210,24 @@ def _torch_load(file: Path) -> dict[str, Tensor]:
     return obj
 
 
+def unpickling_reason(error: BaseException) -> str:
+    """The sentence of a torch.load failure that says what is wrong, without PyTorch's advice to retry
+    with weights_only=False or to allow-list the object (either would run whatever the file holds)."""
+    advice = ("weights only load failed", "weights_only", "check the documentation", "please file an issue")
+    lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(error).splitlines()]
+    reason = next((line for line in lines if line and not any(a in line.lower() for a in advice)), "")
+    reason = reason.split(". ")[0].rstrip(".")  # what follows is how to allow-list the object: advice again
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+
+
 def _read_hf(path: Path, config: dict[str, Any]) -> RawCheckpoint:
     if (path / "model.safetensors").is_file():
         raw = _read_file(path / "model.safetensors", path)
     elif (path / "model.safetensors.index.json").is_file():
-        shards = sorted(set(_read_json(path / "model.safetensors.index.json")["weight_map"].values()))
+        weight_map = _read_json(path / "model.safetensors.index.json").get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(path / "model.safetensors.index.json", "no weight_map naming the shards")
+        shards = sorted(set(map(str, weight_map.values())))
         raw = _read_file(path / shards[0], path)
         for shard in shards[1:]:
             raw.state_dict.update(_read_file(path / shard, path).state_dict)
@@ -179,9 +248,12 @@ def _read_hf(path: Path, config: dict[str, Any]) -> RawCheckpoint:
 
 def _read_json(file: Path) -> dict[str, Any]:
     try:
-        return json.loads(file.read_text())
+        data = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(file, f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(file, "not a JSON object")
+    return data
 
 
 def stated_by_hf(config: dict[str, Any], preprocessor: dict[str, Any] | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from torch import Tensor
 from .checkpoints import CheckpointError, RawCheckpoint, read_checkpoint
 from .clip import CLIP
 from .config import CLIPConfig, Preprocess, TextConfig, VisionConfig
+from .locate import locate_weights
 from .tokenizer import Tokenizer
 
 
@@ -105,6 +106,12 @@ def resolve_config(raw: RawCheckpoint, sha256: str, act: str | None = None,
         config = infer_config(raw.state_dict, resolved_act, stated)
     except (KeyError, IndexError) as e:
         raise CheckpointError(raw.path, f"unknown layout: no CLIP tensor {e} (format {raw.format})") from None
+    towers = [("text", config.text)] + ([("vision", config.vision)] if config.vision.kind == "vit" else [])
+    for tower, settings in towers:
+        if settings.heads < 1 or settings.width % settings.heads:
+            raise CheckpointError(raw.path, f"cannot tell the {tower} tower's attention heads: the checkpoint does not "
+                                            f"state them and its width {settings.width} does not split into heads "
+                                            "of 64 (OpenAI's rule)")
     pre = {}
     if preprocess is not None:
         pre, sources["preprocess"] = preprocess, "given by the caller"
@@ -135,14 +142,41 @@ def check_state_dict(model: CLIP, state: dict[str, Tensor], path: Path) -> None:
             raise CheckpointError(path, f"{problem}: {', '.join(keys[:3])}{more}")
 
 
+class DeviceError(ValueError):
+    """A device this machine does not have; one line naming it and the way to run on the CPU."""
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Before any weights are read: torch's own error for a missing GPU is a 30-line assertion."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {device!r} is not a device name (cpu, cuda, cuda:N)") from None
+    if dev.type != "cuda":
+        return dev
+    fix = "run on the CPU with --device cpu or without --gpu"
+    if not torch.cuda.is_available():
+        why = (f"torch {torch.__version__} built without CUDA" if torch.version.cuda is None else
+               f"torch {torch.__version__} built for CUDA {torch.version.cuda}, but no GPU visible: "
+               "check nvidia-smi and CUDA_VISIBLE_DEVICES")
+        raise DeviceError(f"device {dev} requested but no CUDA device is available ({why}); {fix}")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise DeviceError(f"device {dev} requested but only {count} CUDA device{'s' * (count > 1)} visible "
+                          f"(cuda:0 to cuda:{count - 1}); pick one of those, or {fix}")
+    return dev
+
+
 def load_clip(path: str | Path, device: str | torch.device = "cpu", *, act: str | None = None,
               preprocess: dict[str, Any] | None = None) -> tuple[CLIP, Tokenizer]:
     """A frozen CLIP model (eval mode, fp32, requires_grad off) on `device`, and its tokenizer.
 
+    `path` may also name the weights (`ViT-B/16`, `openai/clip-vit-base-patch16`: see `locate_weights`).
     act / preprocess override what the checkpoint states (preprocess: any of mean, std,
     interpolation, resize_mode). `model.config.sources` says where each setting came from.
     """
-    raw = read_checkpoint(path)
+    device = check_device(device)
+    raw = read_checkpoint(locate_weights(path))
     config = resolve_config(raw, sha256_of(raw.weights), act, preprocess)
     model = CLIP(config)
     check_state_dict(model, raw.state_dict, raw.path)
@@ -188,8 +222,9 @@ class CheckpointInfo:
 
 
 def inspect_checkpoint(path: str | Path, act: str | None = None) -> CheckpointInfo:
-    """What a checkpoint is, without loading it into a model: shapes are checked on the meta device."""
-    raw = read_checkpoint(path)
+    """What a checkpoint is, without loading it into a model: shapes are checked on the meta device.
+    `path` may name the weights, as for `load_clip`; every failure is a one-line CheckpointError."""
+    raw = read_checkpoint(locate_weights(path))
     sha = sha256_of(raw.weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

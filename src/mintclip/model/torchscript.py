@@ -22,6 +22,10 @@ STORAGE_DTYPES = {
 }
 
 
+class ForbiddenObject(pickle.UnpicklingError):
+    """The archive names a Python object beyond module records, tensors and storages: refused, never built."""
+
+
 class ScriptModuleRecord:
     """Stands in for a pickled TorchScript module: keeps its attributes, runs nothing."""
 
@@ -53,7 +57,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return STORAGE_DTYPES[name]
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TorchScript archive")
+        raise ForbiddenObject(f"refusing to load {module}.{name} from a TorchScript archive")
 
     def persistent_load(self, pid: Any) -> torch.Tensor:
         kind, dtype, key, _location, _numel = pid

@@ -20,9 +20,6 @@ from .train import DATA_SIZE, shipped_checkpoint
 
 # The papers' row order; the online methods last.
 DEMO_METHODS = ("zeroshot", "ensemble", "tpt", "ctpt", "zero", "mta", "mint", "tda", "dynaprompt")
-# MINT queries the CLS after blocks 3, 7 and 11 of ViT-B's 12, i.e. at depths 4/12, 8/12 and 12/12;
-# the tiny ViT has 6 blocks, so the same depths are blocks 1, 3 and 5.
-TINY_MODEL_HP: dict[str, dict[str, object]] = {"mint": {"query_layers": "1,3,5"}}
 
 
 @dataclass
@@ -53,26 +50,32 @@ def ensure_data(folder: Path, per_class: int, seed: int, runs: list[Path]) -> No
     stamp.write_text(json.dumps(wanted, indent=1))
 
 
+def runs_folder(out: Path, samples: int | None) -> Path:
+    """Where the runs of these settings go: `out` for every image, `out/samples-N` for a quicker look, so
+    that demos of different sizes each resume their own runs instead of clashing."""
+    return out if samples is None else out / f"samples-{samples}"
+
+
 def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
     """Run the demo; returns the report's Markdown. Re-running with the same settings resumes."""
     out = Path(config.out)
     data = Path(config.data) if config.data else out / "data"
+    runs = runs_folder(out, config.samples)
     weights = config.weights or str(shipped_checkpoint())
     began = time.perf_counter()
-    ensure_data(data, config.per_class, config.seed, [out / method for method in config.methods])
+    ensure_data(data, config.per_class, config.seed, [runs / method for method in config.methods])
     rendered = config.per_class * len(CLASSES)
     per_domain = min(rendered, config.samples or rendered)
     log(f"mintclip demo: shiftbench, synthetic images of {len(CLASSES)} classes; domains {', '.join(SHIFTED)} "
         f"({per_domain} images each) in {data}")
     log(f"  model {weights} (a tiny CLIP trained on the source style only)")
-    log(f"  methods {', '.join(config.methods)}; writing to {out}")
+    log(f"  methods {', '.join(config.methods)}; writing to {runs} (runs already there with these settings resume)")
     for method in config.methods:
         started = time.perf_counter()
         run(RunConfig(data_root=str(data), test_sets=[f"folder:{d}" for d in SHIFTED], method=method,
-                      weights=weights, out=str(out / method), device=config.device, workers=0,
-                      hp=dict(TINY_MODEL_HP.get(method, {})), limit=config.samples, resume=True,
-                      progress=config.progress))
+                      weights=weights, out=str(runs / method), device=config.device, workers=0,
+                      limit=config.samples, resume=True, progress=config.progress))
         log(f"  {method}: {time.perf_counter() - started:.0f} s")
-    markdown = report_runs([out / method for method in config.methods], out / "report")
+    markdown = report_runs([runs / method for method in config.methods], runs / "report")
     log(f"done in {time.perf_counter() - began:.0f} s")
     return markdown
