@@ -119,11 +119,12 @@ def test_every_option_of_every_command_says_what_it_is(capsys):
                                          ("--batch-images", "0"), ("--online-shards", "0")])
 def test_numbers_out_of_range_are_refused_before_any_work(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as stopped:
-        main(["run", str(tmp_path), "--test_sets", "folder", "--method", "zeroshot", "--weights", "w.pt", flag, value])
+        main(["run", str(tmp_path), "--test_sets", "folder", "--method", "zeroshot", "--weights", "w.pt",
+              "--out", str(tmp_path / "out"), flag, value])
     assert stopped.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"mintclip run: error: argument {flag}") and value in last
-    assert not list(tmp_path.iterdir())
+    assert not (tmp_path / "out").exists()
 
 
 def test_seeds_are_one_comma_list_so_the_data_root_is_not_swallowed(capsys):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import types
 import typing
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
@@ -156,8 +155,7 @@ def parse_value(key: str, value: Any, hint: Any) -> Any:
     values from YAML arrive typed and pass as they are. A bad value names the key and the type."""
     if not isinstance(value, str):
         return value
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
-        else (hint,)
+    options = typing.get_args(hint) or (hint,)  # `int | None` -> (int, NoneType); `int` -> (int,)
     if type(None) in options and value.strip().lower() == "none":
         return None
     kind = next((t for t in options if t is not type(None)), str)

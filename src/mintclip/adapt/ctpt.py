@@ -48,7 +48,7 @@ class CTPT(TPT):
 
     def lam(self) -> float:
         if self.config.lam is not None:
-            return float(self.config.lam)  # a --hp string arrives unparsed, since the default is None
+            return self.config.lam
         return CROSS_DOMAIN_LAMBDA if len(self.set_id) > 1 else NATURAL_SHIFT_LAMBDA
 
     def objective(self, logits: Tensor, text_features: Tensor) -> Tensor:

@@ -326,10 +326,10 @@ class DynaPrompt(Method):
             raise ValueError(f"dynaprompt reset_state must be one of {', '.join(RESET_STATES)}, "
                              f"got {cfg.reset_state!r}")
         default_slots = REFERENCE_SLOTS if cfg.variant == "reference" else PAPER_SLOTS
-        self.num_slots = default_slots if cfg.num_p is None else int(cfg.num_p)  # a --hp string arrives unparsed
+        self.num_slots = default_slots if cfg.num_p is None else cfg.num_p
         if self.num_slots < 1:
             raise ValueError(f"dynaprompt needs at least one prompt slot, got num_p={cfg.num_p}")
-        if int(cfg.n_views) < 2:
+        if cfg.n_views < 2:
             raise ValueError("dynaprompt needs at least 2 views: the probability difference compares view 0 "
                              "with the others")
         if not cfg.ctx_init or cfg.ctx_init.strip().lower() == "none":

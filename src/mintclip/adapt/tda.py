@@ -245,8 +245,7 @@ class TDA(FixedPromptMethod):
         """(alpha, beta) of the positive cache: the overrides, else the set's configs/*.yaml values."""
         alpha, beta = POSITIVE_PER_SET.get(set_id, DEFAULT_POSITIVE)
         cfg = self.config
-        return (alpha if cfg.pos_alpha is None else float(cfg.pos_alpha),
-                beta if cfg.pos_beta is None else float(cfg.pos_beta))
+        return (alpha if cfg.pos_alpha is None else cfg.pos_alpha, beta if cfg.pos_beta is None else cfg.pos_beta)
 
     def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
         super().setup(model, classnames, set_id)  # self.text (C, D)

@@ -60,26 +60,28 @@ def open_dataset(root: str | Path, set_id: str, strict: bool = False) -> ImageDa
 
     strict: a file that is not an image (by its first bytes) refuses the set instead of being skipped.
     """
-    root = Path(root).expanduser()
-    set_id = resolve_set_id(set_id)
+    ds = _open(Path(root).expanduser(), resolve_set_id(set_id))
+    if strict and ds.skipped_files:
+        raise non_image_error(ds.root, ds.skipped_files, "remove them, or drop --strict to skip them")
+    return ds
+
+
+def _open(root: Path, set_id: str) -> ImageDataset:
     if not root.exists():
         raise DatasetError(f"{root}: no such {'file' if set_id == 'csv' else 'directory'}")
     if set_id == "csv":
-        return open_csv(root, set_id, strict)
+        return open_csv(root, set_id)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a directory")
     if set_id == "folder":
-        return open_image_folder(root, set_id, strict)
+        return open_image_folder(root, set_id)
     if set_id.startswith(SUBFOLDER):
         tree = root / set_label(set_id)
         if not tree.is_dir():
             raise DatasetError(f"{tree}: no such directory (set {set_id!r} is the ImageFolder tree {tree.name} under "
                                f"{root})")
-        return open_image_folder(tree, set_id, strict)
-    ds = open_imagenet_set(root, set_id) if set_id in IMAGENET_SETS else open_cross_domain_set(root, set_id)
-    if strict and ds.skipped_files:
-        raise non_image_error(ds.root, ds.skipped_files, "remove them, or drop --strict to skip them")
-    return ds
+        return open_image_folder(tree, set_id)
+    return open_imagenet_set(root, set_id) if set_id in IMAGENET_SETS else open_cross_domain_set(root, set_id)
 
 
 def check_data(root: str | Path, set_ids: list[str],

@@ -113,16 +113,16 @@ def relative_to(paths: Iterable[Path], root: Path) -> list[Path]:
     return [path.relative_to(root) if path.is_relative_to(root) else path for path in paths]
 
 
+def non_images(root: Path, skipped: list[Path]) -> str:
+    return f"{len(skipped)} file(s) that are not images (by their first bytes): {examples(relative_to(skipped, root))}"
+
+
 def non_image_error(root: Path, skipped: list[Path], what_to_do: str) -> DatasetError:
-    return DatasetError(f"{root}: {len(skipped)} file(s) that are not images (by their first bytes): "
-                        f"{examples(relative_to(skipped, root))}; {what_to_do}")
+    return DatasetError(f"{root}: {non_images(root, skipped)}; {what_to_do}")
 
 
 def skipped_note(root: Path, skipped: list[Path]) -> list[str]:
-    if not skipped:
-        return []
-    return [f"skipped {len(skipped)} file(s) that are not images (by their first bytes): "
-            f"{examples(relative_to(skipped, root))}"]
+    return [f"skipped {non_images(root, skipped)}"] if skipped else []
 
 
 def _scandir(folder: Path) -> list[os.DirEntry]:
@@ -289,9 +289,9 @@ def _plain_classnames(names_file: Path, lines: list[str], folders: list[str]) ->
     return dict(zip(folders, lines))
 
 
-def open_image_folder(root: Path, set_id: str = "folder", strict: bool = False) -> ImageDataset:
+def open_image_folder(root: Path, set_id: str = "folder") -> ImageDataset:
     """Any ImageFolder tree: classes are the sorted sub-folders, named by `classnames.txt` in the root when
-    present, else by their folder names. strict: a non-image file refuses the set instead of being skipped."""
+    present, else by their folder names."""
     folders = sorted(e.name for e in _scandir(root) if e.is_dir())
     if not folders:
         raise DatasetError(f"{root}: no class folders (an ImageFolder tree has one sub-folder per class)")
@@ -301,8 +301,6 @@ def open_image_folder(root: Path, set_id: str = "folder", strict: bool = False) 
     names = read_classnames(names_file, folders) if names_file.is_file() else {f: f.replace("_", " ") for f in folders}
     index = {f: i for i, f in enumerate(folders)}
     samples = class_samples(root, scan, index.__getitem__)
-    if strict and scan.skipped:
-        raise non_image_error(root, scan.skipped, "remove them, or drop --strict to skip them")
     return ImageDataset(set_id, root, "ImageFolder tree", [names[f] for f in folders], samples,
                         ["a photo of a {}."], augmix=False, notes=skipped_note(root, scan.skipped),
                         skipped_files=scan.skipped, class_keys=folders)
@@ -328,10 +326,10 @@ def _read_rows(csv_path: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
-def open_csv(csv_path: Path, set_id: str = "csv", strict: bool = False) -> ImageDataset:
+def open_csv(csv_path: Path, set_id: str = "csv") -> ImageDataset:
     """A CSV with columns `path,label` (paths relative to the CSV). Integer labels need `classnames.txt`
     beside the CSV, one name per line in label order; class-name labels give sorted classes. Rows whose
-    file is not an image by content are skipped, or refuse the set when strict."""
+    file is not an image by content are skipped."""
     if csv_path.is_dir():
         raise DatasetError(f"{csv_path}: csv expects a CSV file of path,label rows, got a directory")
     rows = _read_rows(csv_path)
@@ -357,8 +355,6 @@ def open_csv(csv_path: Path, set_id: str = "csv", strict: bool = False) -> Image
         raise DatasetError(f"{csv_path}: {len(missing)} listed image(s) do not exist: {examples(missing)}")
     formats = {path: image_format(path) for path, _ in listed}
     skipped = [path for path, found in formats.items() if not found]
-    if strict and skipped:
-        raise non_image_error(csv_path.parent, skipped, "remove their rows, or drop --strict to skip them")
     samples = [(path, label) for path, label in listed if formats[path]]
     if not samples:
         raise DatasetError(f"{csv_path}: none of its {len(rows)} rows is an image (by the files' first bytes)")
