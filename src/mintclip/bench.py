@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .adapt import build_method
+from .data import TestSet
 from .model import CLIP, CLIPConfig, Preprocess, TextConfig, VisionConfig
 
 # name: (image size, patch, vision width, blocks, heads, text width, blocks, heads, embed dim, MINT query blocks)
@@ -100,7 +101,7 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
     compiled = compile_encoder and path == "mintclip"
     if compiled:
         model.visual.compile(dynamic=False)
-    method.setup(model, class_names(classes), "bench")
+    method.setup(model, TestSet.named("folder", class_names(classes)))
     size = model.config.vision.image_size
     per_call = 1 if method.online else max(1, batch_images)
     warmup_calls, timed_calls = -(-warmup // per_call), -(-images // per_call)
@@ -118,7 +119,7 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
         batch = batch.to(device)
         _sync(device)
         start = time.perf_counter()
-        logits = method.predict(batch) if per_call == 1 else method.predict_batch(batch)[0]
+        logits = method.predict(batch) if per_call == 1 else method.predict_batch(batch).logits
         _sync(device)
         if i >= warmup_calls:
             seconds.append(time.perf_counter() - start)

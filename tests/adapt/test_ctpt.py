@@ -10,12 +10,13 @@ from mintclip.adapt import build_method
 from mintclip.adapt.ctpt import CTPT, CTPTConfig, atfd
 from mintclip.adapt.losses import marginal_entropy
 from mintclip.adapt.tpt import TPT, TPTConfig
+from mintclip.data import TestSet
 from tests.adapt.test_tpt import CLASSES, frozen_clip, random_views
 
 
 def make_ctpt(model, set_id="A", **overrides):
     method = CTPT(CTPTConfig(**{"selection": 0.25, **overrides}))
-    method.setup(model, CLASSES, set_id)
+    method.setup(model, TestSet.named(set_id, CLASSES))
     return method
 
 
@@ -32,13 +33,15 @@ def test_lambda_auto_per_set_and_override():
     assert make_ctpt(model, "I").lam() == 20.0
     assert make_ctpt(model, "Flower102").lam() == 50.0
     assert make_ctpt(model, "Flower102", lam=7.0).lam() == 7.0
-    assert all(CTPT().augmix(s) is True for s in ("I", "A", "V", "R", "K", "Flower102", "DTD"))
+    # a user's own folder is judged by its family, not by the length of its id ('folder:sketch')
+    assert make_ctpt(model, "folder:sketch").lam() == 20.0 and make_ctpt(model, "csv").lam() == 20.0
+    assert all(CTPT().augmix(TestSet.named(s, CLASSES)) is True for s in ("I", "A", "V", "R", "K", "Flower102", "DTD"))
 
 
 def test_loss_is_tpt_minus_lambda_atfd():
     model = frozen_clip()
     ctpt, tpt = make_ctpt(model, "A"), TPT(TPTConfig(selection=0.25))
-    tpt.setup(model, CLASSES, "A")
+    tpt.setup(model, TestSet.named("A", CLASSES))
     text = ctpt.learner()
     logits = ctpt.logits(ctpt.encode_views(random_views())[:4], text)
     difference = ctpt.objective(logits, text) - tpt.objective(logits, text)
@@ -69,7 +72,7 @@ def test_one_step_equals_a_plain_transcription():
     torch.testing.assert_close(method.learner.ctx.detach(), learner.ctx.detach(), atol=1e-7, rtol=1e-6)
 
     tpt = TPT(TPTConfig(selection=0.25))
-    tpt.setup(model, CLASSES, "Flower102")
+    tpt.setup(model, TestSet.named("Flower102", CLASSES))
     tpt.adapt(tpt.encode_views(views))
     assert not torch.allclose(tpt.learner.ctx, method.learner.ctx)  # the dispersion term moved it elsewhere
 
@@ -78,7 +81,7 @@ def test_build_by_name():
     method = build_method("ctpt", {"lam": "30", "steps": "2"})
     assert isinstance(method, CTPT) and isinstance(method, TPT) and method.name == "ctpt"
     assert method.config.steps == 2
-    method.setup(frozen_clip(), CLASSES, "I")
+    method.setup(frozen_clip(), TestSet.named("I", CLASSES))
     assert method.lam() == 30.0
     assert build_method("ctpt").config.lam is None
     logits = method.predict(random_views(n=8))
@@ -89,8 +92,9 @@ def test_a_batch_of_images_predicts_as_one_at_a_time():
     model = frozen_clip()
     views = torch.stack([random_views(n=8, seed=seed) for seed in (3, 4, 5)])
     for steps in (1, 2):
-        logits, skipped = make_ctpt(model, steps=steps, precision="fp32").predict_batch(views)
+        prediction = make_ctpt(model, steps=steps, precision="fp32").predict_batch(views)
+        logits = prediction.logits
         single = torch.stack([make_ctpt(model, steps=steps, precision="fp32").predict(v) for v in views])
-        assert skipped == [0, 0, 0]
+        assert prediction.skipped_updates == [0, 0, 0]
         torch.testing.assert_close(logits, single, atol=5e-5, rtol=1e-5)
         assert torch.equal(logits.argmax(-1), single.argmax(-1))

@@ -12,6 +12,7 @@ from mintclip.adapt import build_method
 from mintclip.adapt.dynaprompt import (DynaPrompt, DynaPromptConfig, PromptBuffer,
                                        reference_selection, slot_scores)
 from mintclip.model import Tokenizer
+from mintclip.data import TestSet
 from tests.conftest import IMAGE_SIZE, tiny_clip
 
 CLASSES = ["goldfish", "Mexican hairless dog (xoloitzcuintli)", "great white shark", "jay", "tabby cat"]
@@ -29,7 +30,7 @@ def random_views(n=16, seed=3):
 
 def make(model, set_id="I", **overrides):
     method = DynaPrompt(DynaPromptConfig(**{"selection": 0.25, "n_views": 16, **overrides}))
-    method.setup(model, CLASSES, set_id)
+    method.setup(model, TestSet.named(set_id, CLASSES))
     return method
 
 
@@ -361,8 +362,8 @@ def test_state_loaded_before_setup_and_the_reset_at_each_set(reset_state):
 
     restarted = DynaPrompt(DynaPromptConfig(selection=0.25, n_views=16, num_p=3, reset_state=reset_state))
     restarted.load_state_dict(carried)  # before setup: the state carried between sets
-    restarted.setup(model, CLASSES, "R")
-    first.setup(model, CLASSES, "R")
+    restarted.setup(model, TestSet.named("R", CLASSES))
+    first.setup(model, TestSet.named("R", CLASSES))
     buffer = restarted.buffer
     if reset_state == "per-set":  # a fresh buffer
         assert buffer.ctx.abs().sum() == 0 and buffer.order.tolist() == [0, 1, 2] and buffer.use.sum() == 0
@@ -387,14 +388,14 @@ def test_build_by_name_setup_and_predict_both_variants():
     assert method.config.variant == "reference" and method.num_slots == 5 and method.views_per_image == 8
     assert build_method("dynaprompt").num_slots == 12 and build_method("dynaprompt").views_per_image == 64
     assert build_method("dynaprompt", {"variant": "paper"}).num_slots == 10
-    assert method.augmix("I") is None and method.state_dict() == {}
-    method.setup(model, CLASSES, "I")
+    assert method.augmix(TestSet.named("I", CLASSES)) is None and method.state_dict() == {}
+    method.setup(model, TestSet.named("I", CLASSES))
     logits = method.predict(random_views(n=8))
     assert logits.shape == (len(CLASSES),) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
     assert "reference" in method.notes()[0] and "per-set" in method.notes()[1]
 
     paper = build_method("dynaprompt", {"variant": "paper", "n_views": "8", "reset_state": "code"})
-    paper.setup(model, CLASSES, "I")
+    paper.setup(model, TestSet.named("I", CLASSES))
     for seed in range(3):
         logits = paper.predict(random_views(n=8, seed=seed))
         assert logits.shape == (len(CLASSES),) and torch.isfinite(logits).all()

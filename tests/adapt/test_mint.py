@@ -23,6 +23,7 @@ from mintclip.adapt.mint import default_query_layers
 from mintclip.cli import main
 from mintclip.engine.records import read_records
 from mintclip.model import Tokenizer
+from mintclip.data import TestSet
 from tests.conftest import IMAGE_SIZE, tiny_clip
 from tests.data.test_catalog import make_coop_set
 from tests.engine.test_run import comparable, kill_part_way
@@ -44,7 +45,7 @@ def random_views(n=16, seed=3):
 
 def make_mint(model, classes=CLASSES, set_id="I", **overrides):
     method = build_method("mint", {**TINY, "bank_size": 16, **overrides})
-    method.setup(model, classes, set_id)
+    method.setup(model, TestSet.named(set_id, classes))
     return method
 
 
@@ -217,9 +218,9 @@ class OfficialMINT:
 def spy_on(method):
     """Record what MINT computed: step losses, the selection and the context before each reset."""
     seen = {"losses": [], "selected": [], "ctx": []}
-    loss, adapt, reset = method.loss, method.adapt, method.learner.reset
+    loss, select, reset = method.loss, method.select, method.learner.reset
     method.loss = lambda *a: seen["losses"].append(loss(*a)) or seen["losses"][-1]
-    method.adapt = lambda views: seen["selected"].append(adapt(views)) or seen["selected"][-1]
+    method.select = lambda logits: seen["selected"].append(select(logits)) or seen["selected"][-1]
     method.learner.reset = lambda: seen["ctx"].append(method.learner.ctx.detach().clone()) or reset()
     return seen
 
@@ -293,7 +294,7 @@ def test_a_second_set_keeps_the_memory_unless_it_is_reset_per_set(reset_memory):
     initial = method.state_dict()
     method.predict(random_views(seed=5))
     end_of_first_set = method.state_dict()
-    method.setup(model, OTHER_CLASSES, "DTD")
+    method.setup(model, TestSet.named("DTD", OTHER_CLASSES))
     second = method.state_dict()
     expected = end_of_first_set if reset_memory == "never" else initial
     assert all(torch.equal(second[k], expected[k]) for k in expected)
@@ -312,7 +313,7 @@ def test_state_dict_round_trip_gives_identical_next_predictions():
     assert sorted(state) == ["keys", "test_counts", "train_counts", "values"]
     before_setup = build_method("mint", {**TINY, "bank_size": 16})
     before_setup.load_state_dict(state)  # as the engine restores state carried from one set to the next
-    before_setup.setup(model, CLASSES, "I")
+    before_setup.setup(model, TestSet.named("I", CLASSES))
     after_setup = make_mint(model)
     after_setup.load_state_dict(state)  # as the engine restores state saved within a set
     expected = original.predict(z)
@@ -325,7 +326,7 @@ def test_state_dict_round_trip_gives_identical_next_predictions():
 
 def test_a_batch_is_predicted_image_by_image_in_stream_order():
     """An online method keeps Method's default predict_batch: `predict` per image, each on the bank the
-    previous one left, its skipped updates counted per image and not left behind."""
+    previous one left, its skipped updates counted per image."""
     model = frozen_clip()
     views = torch.stack([random_views(seed=s) for s in (5, 6, 7)])
     stream = make_mint(model)
@@ -333,14 +334,19 @@ def test_a_batch_is_predicted_image_by_image_in_stream_order():
     method = make_mint(model)
     predict, calls = method.predict, []
 
-    def predict_and_skip(image_views):  # a stand-in for guarded_step: the b-th image skips b updates
-        method.skipped_updates += len(calls)
+    poisoned = torch.nn.Parameter(torch.zeros(1))
+    poisoned.grad = torch.full((1,), float("nan"))
+
+    def predict_and_skip(image_views):  # the b-th image also meets b non-finite updates, which are refused
+        for _ in calls:
+            method.guarded_step(torch.optim.AdamW([poisoned]))
         calls.append(image_views)
         return predict(image_views)
 
     method.predict = predict_and_skip
-    logits, skipped = method.predict_batch(views)
-    assert torch.equal(logits, expected) and skipped == [0, 1, 2] and method.skipped_updates == 0
+    prediction = method.predict_batch(views)
+    assert torch.equal(prediction.logits, expected) and prediction.skipped_updates == [0, 1, 2]
+    assert prediction.view0_features is None and poisoned.item() == 0  # MINT's own features are prompted
     assert all(torch.equal(v, stream.state_dict()[k]) for k, v in method.state_dict().items())
 
 
@@ -410,7 +416,7 @@ def test_default_query_layers_are_the_codes_depths_on_any_vit():
     assert default_query_layers(3) == [0, 1, 2] and default_query_layers(1) == [0]
     model = tiny_clip()  # 3 blocks: the default runs, where 3,7,11 would not
     method = build_method("mint", {k: v for k, v in TINY.items() if k != "query_layers"} | {"bank_size": 16})
-    method.setup(model, CLASSES, "I")
+    method.setup(model, TestSet.named("I", CLASSES))
     assert method.query_layers == [0, 1, 2]
     with pytest.raises(ValueError, match="query_layers"):
         build_method("mint", {"query_layers": "3,7,11"}).check(model)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from mintclip.adapt import build_method
 from mintclip.adapt.mta import iterate, solve_mta
+from mintclip.data import TestSet
 from tests.conftest import tiny_clip
 
 CLASSES = ["goldfish", "great white shark", "jay", "tabby cat"]
@@ -86,8 +87,8 @@ def test_predict_is_solve_mta_on_the_encoded_views():
     model = tiny_clip()
     method = build_method("mta")
     config = method.config
-    assert (method.n_views, config.lambda_q, config.lambda_y, method.augmix("DTD")) == (64, 4.0, 0.2, False)
-    method.setup(model, CLASSES, "I")
+    assert (method.n_views, config.lambda_q, config.lambda_y, method.augmix(TestSet.named("DTD", CLASSES))) == (64, 4.0, 0.2, False)
+    method.setup(model, TestSet.named("I", CLASSES))
     views = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     logits = method.predict(views)
     assert logits.shape == (len(CLASSES),) and logits.dtype == torch.float32
@@ -118,10 +119,12 @@ def test_a_batch_of_images_is_each_solved_alone():
 
 def test_a_batch_of_views_predicts_as_one_at_a_time():
     method = build_method("mta", {"precision": "fp32"})
-    method.setup(tiny_clip(), CLASSES, "I")
+    method.setup(tiny_clip(), TestSet.named("I", CLASSES))
     views = torch.randn(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    logits, skipped = method.predict_batch(views)
+    prediction = method.predict_batch(views)
+    logits = prediction.logits
     single = torch.stack([method.predict(image_views) for image_views in views])
-    assert skipped == [0, 0, 0] and logits.shape == (3, len(CLASSES))
+    assert prediction.skipped_updates == [0, 0, 0] and logits.shape == (3, len(CLASSES))
+    assert prediction.view0_features.shape == (3, tiny_clip().config.embed_dim)
     torch.testing.assert_close(logits, single, atol=1e-5, rtol=1e-5)
     assert torch.equal(logits.argmax(-1), single.argmax(-1))

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from mintclip.adapt import build_method
 from mintclip.adapt.losses import entropy, marginal_entropy
 from mintclip.adapt.tda import ClassSlots, Observation
+from mintclip.data import TestSet
 from tests.conftest import IMAGE_SIZE, tiny_clip
 
 CLASSES = ["goldfish", "great white shark", "jay", "tabby cat"]
@@ -103,7 +104,7 @@ def test_negative_cache_takes_only_the_normalised_entropy_window():
 def test_logits_are_clip_plus_positive_minus_negative_by_hand():
     method = build_method("tda", {"pos_alpha": 2.0, "pos_beta": 5.0})
     method.reset(3, 2, "cpu")
-    method.pos_alpha, method.pos_beta = method.positive_params("DTD")
+    method.pos_alpha, method.pos_beta = method.positive_params(TestSet.named("DTD", CLASSES))
     s = 0.6  # keys at cos 1, 0.6 and 0 from the query (1, 0)
     method.positive.add(0, torch.tensor([1.0, 0.0]), torch.tensor(0.1))
     method.positive.add(0, torch.tensor([s, 0.8]), torch.tensor(0.2))
@@ -125,7 +126,7 @@ def test_the_sample_is_cached_before_it_is_predicted(images):
     """With empty caches, a sample's own feature (cos 1 with itself) adds alpha to its zero-shot class."""
     model = tiny_clip()
     method = build_method("tda", {"neg_enabled": "false"})
-    method.setup(model, CLASSES, "DTD")
+    method.setup(model, TestSet.named("DTD", CLASSES))
     logits = method.predict(images[:1])
     with torch.no_grad():
         feature = F.normalize(model.encode_image(images[:1]), dim=-1)[0]
@@ -142,8 +143,9 @@ def test_the_sample_is_cached_before_it_is_predicted(images):
 def test_ood_sets_use_64_augmix_views_and_the_6_most_confident():
     model = tiny_clip()
     method = build_method("tda")
-    assert method.augmix("A") and method.augmix("K") and not method.augmix("DTD") and not method.augmix("I")
-    method.setup(model, CLASSES, "A")
+    augmix = {s: method.augmix(TestSet.named(s, CLASSES)) for s in ("A", "K", "DTD", "I", "folder:A")}
+    assert augmix == {"A": True, "K": True, "DTD": False, "I": False, "folder:A": False}
+    method.setup(model, TestSet.named("A", CLASSES))
     assert method.views_per_image == 64 and (method.pos_alpha, method.pos_beta) == (2.0, 5.0)  # imagenet_a.yaml
     views = torch.randn(64, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(3))
     seen = method.observe(views)
@@ -158,9 +160,9 @@ def test_ood_sets_use_64_augmix_views_and_the_6_most_confident():
     torch.testing.assert_close(seen.prob_map, logits[chosen].softmax(-1).mean(0))
     assert seen.pred == logits[chosen].mean(0).argmax()
 
-    method.setup(model, CLASSES, "DTD")
+    method.setup(model, TestSet.named("DTD", CLASSES))
     assert method.views_per_image == 1 and (method.pos_alpha, method.pos_beta) == (2.0, 3.0)  # dtd.yaml
-    method.setup(model, CLASSES, "folder")
+    method.setup(model, TestSet.named("folder", CLASSES))
     assert method.views_per_image == 1 and (method.pos_alpha, method.pos_beta) == (2.0, 5.0)  # ImageNet's
     assert method.text.shape == (len(CLASSES), model.config.embed_dim)
 
@@ -169,15 +171,15 @@ def test_caches_reset_per_set_or_never(images):
     model = tiny_clip()
     for reset, kept in (("per-set", False), ("never", True)):
         method = build_method("tda", {"reset_state": reset})
-        method.setup(model, CLASSES, "DTD")
+        method.setup(model, TestSet.named("DTD", CLASSES))
         for i in range(3):
             method.predict(images[i:i + 1])
         before = method.state_dict()
-        method.setup(model, CLASSES, "EuroSAT")  # the same classes
+        method.setup(model, TestSet.named("EuroSAT", CLASSES))  # the same classes
         assert bool(method.positive.valid.any()) == kept, reset
         if kept:
             assert all(torch.equal(v, method.state_dict()[k]) for k, v in before.items())
-        method.setup(model, CLASSES[:3], "Pets")  # other classes: the slots cannot carry over
+        method.setup(model, TestSet.named("Pets", CLASSES[:3]))  # other classes: the slots cannot carry over
         assert not method.positive.valid.any() and method.positive.features.shape[0] == 3
         assert reset in " ".join(method.notes())
     with pytest.raises(ValueError, match="reset_state"):
@@ -191,7 +193,7 @@ def test_state_round_trip_gives_identical_predictions(images, tmp_path):
     model = tiny_clip()
     stream = torch.randn(8, 1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(5))
     first = build_method("tda", {"reset_state": "never"})
-    first.setup(model, CLASSES, "Pets")
+    first.setup(model, TestSet.named("Pets", CLASSES))
     for views in stream[:5]:
         first.predict(views)
     torch.save(first.state_dict(), tmp_path / "state.pt")
@@ -199,11 +201,11 @@ def test_state_round_trip_gives_identical_predictions(images, tmp_path):
     rest = [first.predict(views) for views in stream[5:]]
 
     within = build_method("tda", {"reset_state": "never"})  # resuming within a set: load after setup
-    within.setup(model, CLASSES, "Pets")
+    within.setup(model, TestSet.named("Pets", CLASSES))
     within.load_state_dict(state)
     carried = build_method("tda", {"reset_state": "never"})  # carried from the last set: load before setup
     carried.load_state_dict(state)
-    carried.setup(model, CLASSES, "Pets")
+    carried.setup(model, TestSet.named("Pets", CLASSES))
     for method in (within, carried):
         for views, expected in zip(stream[5:], rest):
             torch.testing.assert_close(method.predict(views), expected, atol=0, rtol=0)
@@ -211,11 +213,11 @@ def test_state_round_trip_gives_identical_predictions(images, tmp_path):
     fresh, reset = build_method("tda"), build_method("tda")  # per-set: what was carried is dropped at setup
     reset.load_state_dict(state)
     for method in (fresh, reset):
-        method.setup(model, CLASSES, "Pets")
+        method.setup(model, TestSet.named("Pets", CLASSES))
     torch.testing.assert_close(reset.predict(stream[0]), fresh.predict(stream[0]), atol=0, rtol=0)
 
     other = build_method("tda")  # state for other classes is held for the next setup, never predicted with
-    other.setup(model, CLASSES[:3], "Pets")
+    other.setup(model, TestSet.named("Pets", CLASSES[:3]))
     other.load_state_dict(state)
     with pytest.raises(RuntimeError, match="other classes"):
         other.predict(stream[0])
@@ -231,7 +233,7 @@ def test_build_method_setup_and_predict(images):
     assert (cfg.pos_capacity, cfg.neg_capacity, cfg.neg_alpha, cfg.neg_beta) == (3, 2, 0.117, 1.0)
     assert (cfg.neg_entropy_lower, cfg.neg_entropy_upper, cfg.neg_mask_lower, cfg.neg_mask_upper) == (0.2, 0.5, 0.03, 1.0)
     assert method.state_dict() == {}
-    method.setup(tiny_clip(), CLASSES, "Cars")
+    method.setup(tiny_clip(), TestSet.named("Cars", CLASSES))
     assert (method.pos_alpha, method.pos_beta) == (3.5, 7.0)  # the override, and stanford_cars.yaml's beta
     for i in range(3):
         logits = method.predict(images[i:i + 1])

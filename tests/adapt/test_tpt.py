@@ -9,6 +9,7 @@ import torch
 from mintclip.adapt import build_method
 from mintclip.adapt.tpt import TPT, TPTConfig
 from mintclip.model import Tokenizer
+from mintclip.data import TestSet
 from tests.conftest import IMAGE_SIZE, tiny_clip
 
 CLASSES = ["goldfish", "Mexican hairless dog (xoloitzcuintli)", "great white shark", "jay", "tabby cat"]
@@ -26,7 +27,7 @@ def random_views(n=16, seed=3):
 
 def make_tpt(model, set_id="I", **overrides):
     method = TPT(TPTConfig(**{"selection": 0.25, **overrides}))
-    method.setup(model, CLASSES, set_id)
+    method.setup(model, TestSet.named(set_id, CLASSES))
     return method
 
 
@@ -170,13 +171,9 @@ def three_images(n=8):
 
 
 def one_at_a_time(method, views):
-    """The yardstick: `predict` per image, with its skipped-update count."""
-    logits, skipped = [], []
-    for image_views in views:
-        method.skipped_updates = 0
-        logits.append(method.predict(image_views))
-        skipped.append(method.skipped_updates)
-    return torch.stack(logits), skipped
+    """The yardstick: one image per call, which is `predict` itself, with its skipped-update count."""
+    outputs = [method.predict_batch(image_views[None]) for image_views in views]
+    return torch.cat([o.logits for o in outputs]), [o.skipped_updates[0] for o in outputs]
 
 
 def assert_same_predictions(batched, single):
@@ -191,8 +188,10 @@ def test_a_batch_of_images_predicts_as_one_at_a_time(steps, reuse):
     model, views = frozen_clip(), three_images()
     method = make_tpt(model, steps=steps, reuse_step0_graph=reuse, precision="fp32")
     start = method.learner.ctx.detach().clone()
-    logits, skipped = method.predict_batch(views)
+    prediction = method.predict_batch(views)
+    logits, skipped = prediction.logits, prediction.skipped_updates
     assert logits.shape == (3, len(CLASSES)) and logits.dtype == torch.float32 and skipped == [0, 0, 0]
+    torch.testing.assert_close(prediction.view0_features, method.encode_views(views[:, :1])[:, 0])
     assert torch.equal(method.learner.ctx.detach(), start)  # episodic: the batch leaves nothing behind
     single, single_skipped = one_at_a_time(make_tpt(model, steps=steps, reuse_step0_graph=reuse, precision="fp32"),
                                            views)
@@ -207,9 +206,9 @@ def test_reference_order_and_a_single_image_run_predict_itself():
         calls = []
         predict = method.predict
         method.predict = lambda image_views: calls.append(1) or predict(image_views)  # spy
-        logits, _ = method.predict_batch(batch)
+        prediction = method.predict_batch(batch)
         assert len(calls) == len(batch)
-        view0 = method.view0_features  # every image's original view, gathered over the calls
+        logits, view0 = prediction.logits, prediction.view0_features  # view 0 gathered over the calls
         assert torch.equal(logits, one_at_a_time(method, batch)[0])
         torch.testing.assert_close(view0, method.encode_views(batch[:, :1])[:, 0], atol=1e-6, rtol=1e-5)
 
@@ -250,7 +249,8 @@ def test_a_nan_in_one_images_loss_skips_exactly_its_updates(reuse):
     model, views = frozen_clip(), three_images()
     views[1, 5] = float("nan")  # not view 0, so the prediction itself stays finite
     settings = {"steps": 2, "selection": 1.0, "reuse_step0_graph": reuse, "precision": "fp32"}
-    logits, skipped = make_tpt(model, **settings).predict_batch(views)
+    prediction = make_tpt(model, **settings).predict_batch(views)
+    logits, skipped = prediction.logits, prediction.skipped_updates
     single, single_skipped = one_at_a_time(make_tpt(model, **settings), views)
     assert skipped == single_skipped == [0, 2, 0]
     assert_same_predictions(logits, single)

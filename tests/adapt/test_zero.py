@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from mintclip.adapt import build_method
 from mintclip.adapt.zero import zero_vote, zero_votes
+from mintclip.data import TestSet
 from tests.conftest import tiny_clip
 
 CLASSES = ["goldfish", "great white shark", "jay", "tabby cat"]
@@ -120,8 +121,8 @@ def test_edge_cases_one_view_is_zero_shot_and_all_views_kept():
 def test_predict_votes_on_the_views_of_a_tiny_clip():
     model = tiny_clip()
     method = build_method("zero")
-    assert (method.n_views, method.config.gamma, method.augmix("DTD")) == (64, 0.3, False)
-    method.setup(model, CLASSES, "I")
+    assert (method.n_views, method.config.gamma, method.augmix(TestSet.named("DTD", CLASSES))) == (64, 0.3, False)
+    method.setup(model, TestSet.named("I", CLASSES))
     views = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     scores = method.predict(views)
     assert scores.shape == (len(CLASSES),) and scores.dtype == torch.float32
@@ -156,10 +157,12 @@ def test_votes_of_a_batch_are_each_images_own_ties_included():
 
 def test_a_batch_of_images_predicts_as_one_at_a_time():
     method = build_method("zero", {"precision": "fp32"})
-    method.setup(tiny_clip(), CLASSES, "I")
+    method.setup(tiny_clip(), TestSet.named("I", CLASSES))
     views = torch.randn(3, 8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    scores, skipped = method.predict_batch(views)
+    prediction = method.predict_batch(views)
+    scores = prediction.logits
     single = torch.stack([method.predict(image_views) for image_views in views])
-    assert skipped == [0, 0, 0] and scores.shape == (3, len(CLASSES))
+    assert prediction.skipped_updates == [0, 0, 0] and scores.shape == (3, len(CLASSES))
+    torch.testing.assert_close(prediction.view0_features, method.encode_views(views[:, :1])[:, 0])
     torch.testing.assert_close(scores, single, atol=1e-6, rtol=1e-5)
     assert torch.equal(scores.floor(), single.floor()) and torch.equal(scores.argmax(-1), single.argmax(-1))

@@ -5,6 +5,7 @@ import json
 import pytest
 from PIL import Image
 
+from mintclip.data import TestSet
 from mintclip.data.catalog import DatasetError, check_data, open_dataset, resolve_set_id, set_label
 from mintclip.data.imagenet import LAYOUTS
 from mintclip.data.templates import imagenet_assets
@@ -37,7 +38,7 @@ def test_imagenet_a_maps_each_wnid_folder_to_its_class_name(tmp_path):
     make_tree(tmp_path / "imagenet-a", a_wnids)
     (tmp_path / "imagenet-a" / "README.txt").write_text("ImageNet-A")
     ds = open_dataset(tmp_path, "A")
-    assert len(ds) == 200 and len(ds.classnames) == 200 and not ds.augmix
+    assert len(ds) == 200 and len(ds.classnames) == 200 and not TestSet.of(ds).augmix
     for path, label in ds.samples:
         wnid = path.parent.name
         assert label == a_wnids.index(wnid)
@@ -58,7 +59,7 @@ def test_imagenet_v2_folder_number_is_the_imagenet_index(tmp_path):
 def test_imagenet_r_is_200_way_and_sketch_1000_way(tmp_path):
     make_tree(tmp_path / "imagenet-rendition" / "imagenet-r", ASSETS["imagenet_r_wnids"])
     ds = open_dataset(tmp_path, "R")
-    assert len(ds.classnames) == 200 and "TDA" in ds.layout and len(ds.templates) == 80
+    assert len(ds.classnames) == 200 and "TDA" in ds.layout and len(TestSet.of(ds).templates) == 80
     make_tree(tmp_path / "ImageNet-Sketch" / "sketch", WNIDS)
     sketch = open_dataset(tmp_path, "K")
     assert sketch.classnames == NAMES and len(sketch) == 1000
@@ -120,9 +121,9 @@ def make_coop_set(folder, classes, split_name, image_dir, per_class=2, split_dir
 def test_cross_domain_set_in_coop_layout(tmp_path):
     make_coop_set(tmp_path / "eurosat", ["AnnualCrop", "Herbaceous_Vegetation", "SeaLake"], "EuroSAT", "2750")
     ds = open_dataset(tmp_path, "eurosat")
-    assert ds.set_id == "EuroSAT" and ds.augmix and len(ds) == 6
+    assert ds.set_id == "EuroSAT" and TestSet.of(ds).augmix and len(ds) == 6
     assert ds.classnames == ["AnnualCrop", "Herbaceous Vegetation", "SeaLake"]
-    assert ds.templates == ["a centered satellite photo of {}."]
+    assert TestSet.of(ds).templates == ["a centered satellite photo of {}."]
     assert [label for _, label in ds.samples] == [0, 0, 1, 1, 2, 2]
 
 
@@ -130,7 +131,7 @@ def test_cross_domain_set_in_tpt_layout_with_the_split_beside_the_data(tmp_path)
     make_coop_set(tmp_path / "DTD", ["banded", "zigzagged"], "DescribableTextures", "images",
                   split_dir=tmp_path / "data_splits")
     ds = open_dataset(tmp_path, "DTD")
-    assert len(ds) == 4 and ds.templates == ["{} texture."]
+    assert len(ds) == 4 and TestSet.of(ds).templates == ["{} texture."]
 
 
 def test_split_naming_missing_images_is_an_error(tmp_path):
@@ -152,7 +153,7 @@ def test_aircraft_from_fgvc_files(tmp_path):
         write_image(folder / "images" / f"000000{i}.jpg")
     ds = open_dataset(tmp_path, "Aircraft")
     assert ds.classnames == ["707-320", "A340-500", "F/A-18"]
-    assert [label for _, label in ds.samples] == [1, 2, 0] and ds.augmix
+    assert [label for _, label in ds.samples] == [1, 2, 0] and TestSet.of(ds).augmix
 
 
 def test_users_own_image_folder_and_csv(tmp_path):

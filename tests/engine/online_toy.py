@@ -18,9 +18,9 @@ class RunningMeanMethod(Method):
     Config = MethodConfig
     delay = 0.0  # seconds per image, so a test can kill the run part-way
 
-    def setup(self, model, classnames, set_id):
+    def setup(self, model, test_set):
         self.model = model
-        self.text = encode_class_prompts(model, classnames, ["a photo of a {}."])
+        self.text = encode_class_prompts(model, test_set.classnames, ["a photo of a {}."])
         if not hasattr(self, "memory"):
             self.memory, self.seen = torch.zeros(model.config.embed_dim), 0
 

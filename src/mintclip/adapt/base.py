@@ -1,9 +1,9 @@
 """The interface every test-time method implements, its hyper-parameters, and the registry by name.
 
-A method sees a frozen CLIP model, the class names and the set id once per set, then one test image
-at a time as its views (view 0 the original); it returns logits over the classes. Episodic methods
-(`online = False`) forget everything between images; online ones keep state, which `state_dict`
-exposes so that a run can resume exactly. The engine never branches on a method's name.
+A method sees a frozen CLIP model and the `TestSet` (class names, templates, family) once per set, then
+one test image at a time as its views (view 0 the original); it returns logits over the classes.
+Episodic methods (`online = False`) forget everything between images; online ones keep state, which
+`state_dict` exposes so that a run can resume exactly. The engine never branches on a method's name.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import types
 import typing
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data import TestSet
 from ..model import CLIP
 
 METHOD_MODULES = ("zeroshot", "tpt", "ctpt", "zero", "mta", "mint", "tda", "dynaprompt")  # mintclip.adapt.<module>, each registers itself
@@ -29,7 +31,24 @@ _REGISTRY: dict[str, type[Method]] = {}
 class MethodConfig:
     """Hyper-parameters shared by all methods; each method's Config extends it with the reference defaults."""
 
-    precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; or "bf16", "fp16", "fp32"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU
+
+
+@dataclasses.dataclass
+class Prediction:
+    """What `predict_batch` returns for B test images."""
+
+    logits: Tensor  # (B, C) fp32
+    skipped_updates: list[int]  # per image: optimiser steps refused for a non-finite gradient
+    view0_features: Tensor | None = None  # (B, D) normalised frozen features of view 0, if the method has them
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What one `predict` call noticed on the way, for the default `predict_batch` to return."""
+
+    skipped_updates: int = 0
+    view0_features: Tensor | None = None  # (1, D)
 
 
 class Method(ABC):
@@ -42,9 +61,9 @@ class Method(ABC):
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
+        check_config(self.config)
         self.model: CLIP | None = None
-        self.skipped_updates = 0  # updates refused for a non-finite gradient; the engine records and resets it
-        self.view0_features: Tensor | None = None  # (B, D): view 0 of each image of the last `encode_views`
+        self._tally = _Tally()
 
     def guarded_step(self, optimizer: torch.optim.Optimizer) -> None:
         """optimizer.step() unless a gradient is NaN or infinite (a non-finite loss gives such gradients);
@@ -52,7 +71,7 @@ class Method(ABC):
         optimiser state of a later sample is poisoned. Costs one host synchronisation per step."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            self.skipped_updates += 1
+            self._tally.skipped_updates += 1
             return
         optimizer.step()
 
@@ -61,36 +80,34 @@ class Method(ABC):
         """The config's n_views where the method has that hyper-parameter, else the class's."""
         return getattr(self.config, "n_views", self.n_views)
 
-    def augmix(self, set_id: str) -> bool | None:
-        """AugMix views for this set, or None for the dataset's reference default."""
+    def augmix(self, test_set: TestSet) -> bool | None:
+        """AugMix views for this set, or None for the set's reference default (`test_set.augmix`)."""
         return None
 
     def check(self, model: CLIP) -> None:
         """Raise ValueError if this method cannot run on `model` (called before any image is read)."""
 
     @abstractmethod
-    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
-        """Once per set: build the text side for these classes."""
+    def setup(self, model: CLIP, test_set: TestSet) -> None:
+        """Once per set: build the text side for its classes."""
 
     @abstractmethod
     def predict(self, views: Tensor) -> Tensor:
         """views (V, 3, H, W) on the model's device, view 0 the original -> fp32 logits (C,)."""
 
-    def predict_batch(self, views: Tensor) -> tuple[Tensor, list[int]]:
-        """views (B, V, 3, H, W), image b's views in views[b] (view 0 the original) -> (fp32 logits (B, C),
-        skipped updates per image). Episodic methods may adapt the B images together, with the same
-        predictions as B calls of `predict`; this default is those calls, in order, which is also the only
-        right way for an online method (each image sees the state the previous one left). The counts are
-        returned, not left in `skipped_updates`; `view0_features` covers all B images or is None."""
+    def predict_batch(self, views: Tensor) -> Prediction:
+        """views (B, V, 3, H, W), image b's views in views[b] (view 0 the original). Episodic methods may
+        adapt the B images together, with the same predictions as B calls of `predict`; this default is
+        those calls, in order, which is also the only right way for an online method (each image sees the
+        state the previous one left)."""
         logits, skipped, view0 = [], [], []
         for image_views in views:
-            self.skipped_updates, self.view0_features = 0, None
+            self._tally = _Tally()
             logits.append(self.predict(image_views))
-            skipped.append(self.skipped_updates)
-            view0.append(self.view0_features)
-        self.skipped_updates = 0
-        self.view0_features = None if any(v is None for v in view0) else torch.cat(view0)
-        return torch.stack(logits), skipped
+            skipped.append(self._tally.skipped_updates)
+            view0.append(self._tally.view0_features)
+        self._tally = _Tally()
+        return Prediction(torch.stack(logits), skipped, None if any(v is None for v in view0) else torch.cat(view0))
 
     def notes(self) -> list[str]:
         """Lines for the run's summary: choices a reader of the results must know (e.g. the prompt's start)."""
@@ -116,13 +133,13 @@ class Method(ABC):
     @torch.no_grad()
     def encode_views(self, views: Tensor) -> Tensor:
         """(V, 3, H, W) -> (V, D) L2-normalised fp32 image features; the frozen encoder runs under autocast.
-        The views of B images (B, V, 3, H, W) go through it in one pass -> (B, V, D). View 0 of each image
-        (the original) is kept in `view0_features`, so the engine's zero-shot prediction needs no second
+        The views of B images (B, V, 3, H, W) go through it in one pass -> (B, V, D). View 0's features
+        are noted for the default `predict_batch`, so the engine's zero-shot prediction needs no second
         pass of the encoder."""
         with self.autocast():
             features = self.model.encode_image(views.flatten(0, -4)).unflatten(0, views.shape[:-3])
         features = F.normalize(features.float(), dim=-1)
-        self.view0_features = features.reshape(-1, views.shape[-4], features.shape[-1])[:, 0]
+        self._tally.view0_features = features.reshape(-1, views.shape[-4], features.shape[-1])[:, 0]
         return features
 
 
@@ -150,15 +167,33 @@ def available_methods() -> dict[str, type[Method]]:
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
+def _options(hint: Any) -> tuple[Any, ...]:
+    """`int | None` -> (int, NoneType); `Literal["a", "b"] | None` -> (Literal["a", "b"], NoneType); `int` -> (int,)."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _choices(hint: Any) -> tuple[Any, ...] | None:
+    """The values a `Literal[...]` (or `Literal[...] | None`) field allows; None for any other type."""
+    literals = [t for t in _options(hint) if typing.get_origin(t) is typing.Literal]
+    if not literals:
+        return None
+    return (*typing.get_args(literals[0]), *([None] if type(None) in _options(hint) else []))
+
+
 def parse_value(key: str, value: Any, hint: Any) -> Any:
-    """A `--hp` string converted to the field's declared type (`int`, `float`, `bool`, `str`, `X | None`);
-    values from YAML arrive typed and pass as they are. A bad value names the key and the type."""
+    """A `--hp` string converted to the field's declared type (`int`, `float`, `bool`, `str`, `Literal[...]`,
+    `X | None`); values from YAML arrive typed and pass as they are (`check_config` judges them). A bad
+    value names the key and the expected type."""
     if not isinstance(value, str):
         return value
-    options = typing.get_args(hint) or (hint,)  # `int | None` -> (int, NoneType); `int` -> (int,)
+    options = _options(hint)
     if type(None) in options and value.strip().lower() == "none":
         return None
     kind = next((t for t in options if t is not type(None)), str)
+    if typing.get_origin(kind) is typing.Literal:
+        if value not in typing.get_args(kind):
+            raise ValueError(f"hyper-parameter {key}={value!r}: expected one of {', '.join(typing.get_args(kind))}")
+        return value
     if kind is bool:
         if value.strip().lower() not in BOOLEANS:
             raise ValueError(f"hyper-parameter {key}={value!r}: expected true or false")
@@ -180,6 +215,16 @@ def parse_overrides(config_type: type[MethodConfig], overrides: dict[str, Any]) 
     if unknown:
         raise ValueError(f"unknown hyper-parameter {unknown[0]!r} for this method; known: {', '.join(fields)}")
     return {key: parse_value(key, value, hints[key]) for key, value in overrides.items()}
+
+
+def check_config(config: MethodConfig) -> None:
+    """Every `Literal[...]` field holds one of its values, however the config was made (--hp, YAML, Python)."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        allowed, value = _choices(hints[field.name]), getattr(config, field.name)
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"hyper-parameter {field.name}={value!r}: expected one of "
+                             f"{', '.join(str(a) for a in allowed)}")
 
 
 def build_method(name: str, overrides: dict[str, Any] | None = None) -> Method:

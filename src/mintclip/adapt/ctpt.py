@@ -12,6 +12,7 @@ import dataclasses
 
 from torch import Tensor
 
+from ..data import TestSet
 from .base import register
 from .losses import marginal_entropy
 from .tpt import TPT, TPTConfig
@@ -29,8 +30,9 @@ def atfd(text_features: Tensor) -> Tensor:
 
 @dataclasses.dataclass
 class CTPTConfig(TPTConfig):
-    # λ of the dispersion term; None: 20 for the natural-shift sets I/A/V/R/K, 50 for the cross-domain
-    # sets (scripts/test_tpt_ctpt_ds.sh, scripts/test_tpt_ctpt_fg.sh; tpt_classification.py --lambda_term)
+    # λ of the dispersion term; None: by the set's family, 20 for ImageNet, its shifts (I/A/V/R/K) and user
+    # sets, 50 for the cross-domain sets (scripts/test_tpt_ctpt_ds.sh, scripts/test_tpt_ctpt_fg.sh;
+    # tpt_classification.py --lambda_term)
     lam: float | None = None
 
 
@@ -42,14 +44,22 @@ class CTPT(TPT):
               "scripts/test_tpt_ctpt_ds.sh, scripts/test_tpt_ctpt_fg.sh")
     config: CTPTConfig
 
-    def augmix(self, set_id: str) -> bool | None:
+    def augmix(self, test_set: TestSet) -> bool | None:
         # the natural-shift script passes --I_augmix (AugMix for I/A/V/R/K); cross-domain sets have it anyway
         return True
 
     def lam(self) -> float:
+        """The configured λ, else by the set's family: 50 for the cross-domain sets, 20 for ImageNet, its
+        shifts and a user's own sets (which are closer to the distribution shifts; `--hp lam=` for others)."""
         if self.config.lam is not None:
             return self.config.lam
-        return CROSS_DOMAIN_LAMBDA if len(self.set_id) > 1 else NATURAL_SHIFT_LAMBDA
+        return CROSS_DOMAIN_LAMBDA if self.test_set.family == "cross-domain" else NATURAL_SHIFT_LAMBDA
+
+    def notes(self) -> list[str]:
+        if self.config.lam is not None:
+            return [f"C-TPT: lambda {self.config.lam:g} for every set"]
+        return [f"C-TPT: lambda {NATURAL_SHIFT_LAMBDA:g} for ImageNet, its shifts and user sets, {CROSS_DOMAIN_LAMBDA:g} "
+                "for the cross-domain sets (set it with --hp lam=)"]
 
     def objective(self, logits: Tensor, text_features: Tensor) -> Tensor:
         return marginal_entropy(logits) - self.lam() * atfd(text_features)

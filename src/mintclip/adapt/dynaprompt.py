@@ -24,20 +24,18 @@ same update; the reference's scaler would also skip a step whose fp16 gradients 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..data import TestSet
 from ..model import CLIP
-from .base import Method, MethodConfig, register
+from .base import Method, register
 from .losses import entropy, marginal_entropy, most_confident
-from .prompts import TextPromptLearner
+from .prompts import PromptTuningConfig, context_words, prompt_learner
 
-VARIANTS = ("reference", "paper")
-TIE_ORDERS = ("topk", "stable")
-RESET_STATES = ("per-set", "code", "none")
 REFERENCE_SLOTS = 12  # run_dynap.sh num_p=12
 PAPER_SLOTS = 10  # the paper's buffer size (methods.md §4.4 item 1; DynaPrompt issue #3)
 
@@ -221,31 +219,24 @@ class PromptBuffer:
 # -- the method ---------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class DynaPromptConfig(MethodConfig):
+class DynaPromptConfig(PromptTuningConfig):
+    # as TPT's: scripts/test_dynap.sh ctx_init=a_photo_of_a (the context has its token count, --n_ctx 4;
+    # prompts are residuals on these embeddings, so a start is needed: the words or a CoOp context),
+    # run_dynap.sh lr=0.005 (torch.optim.AdamW(prompt_learner.parameters(), lr), weight decay PyTorch's
+    # 0.01), selection_p=0.1 (6 of 64 views, at least 1 here), bs=64, one step per sample
     # "reference": the official code's behaviour, quirks included; "paper": the paper's description
-    variant: str = "reference"
+    variant: Literal["reference", "paper"] = "reference"
     # prompt slots; None: 12 for reference (run_dynap.sh num_p=12), 10 for paper (methods.md §4.4 item 1)
     num_p: int | None = None
-    # scripts/test_dynap.sh ctx_init=a_photo_of_a ("_" read as spaces); the context has its token count
-    # (--n_ctx 4); prompts are residuals on these embeddings
-    ctx_init: str = "a photo of a"
-    # run_dynap.sh lr=0.005; torch.optim.AdamW(prompt_learner.parameters(), lr), no weight_decay given
-    lr: float = 5e-3
-    # so PyTorch's default 0.01 applies
-    weight_decay: float = 0.01
-    # run_dynap.sh selection_p=0.1: int(64 * 0.1) = 6 confident views (at least 1 here)
-    selection: float = 0.1
-    # scripts/test_dynap.sh bs=64: the original and 63 views
-    n_views: int = 64
     # at each set's start: "per-set" a fresh buffer; "code" the official code's multi-set run
     # (model.reset() zeroes every prompt, ctx_order and ctx_use carry over); "none" everything carries
-    reset_state: str = "per-set"
+    reset_state: Literal["per-set", "code", "none"] = "per-set"
     # the official code's order of work, for benchmarks and as an oracle: every slot's class prompts
     # padded to 77 tokens, and view 0 encoded again to predict; the same numbers, more work
     reference_order: bool = False
     # equal scores (fresh slots score exactly alike) in the reference variant: "topk" as the code
     # (torch.topk's order on the scores' device), "stable" lower slot id first on every device
-    tie_order: str = "topk"
+    tie_order: Literal["topk", "stable"] = "topk"
 
 
 @register
@@ -318,13 +309,6 @@ class DynaPrompt(Method):
     def __init__(self, config: DynaPromptConfig | None = None) -> None:
         super().__init__(config)
         cfg = self.config
-        if cfg.variant not in VARIANTS:
-            raise ValueError(f"dynaprompt variant must be one of {', '.join(VARIANTS)}, got {cfg.variant!r}")
-        if cfg.tie_order not in TIE_ORDERS:
-            raise ValueError(f"dynaprompt tie_order must be one of {', '.join(TIE_ORDERS)}, got {cfg.tie_order!r}")
-        if cfg.reset_state not in RESET_STATES:
-            raise ValueError(f"dynaprompt reset_state must be one of {', '.join(RESET_STATES)}, "
-                             f"got {cfg.reset_state!r}")
         default_slots = REFERENCE_SLOTS if cfg.variant == "reference" else PAPER_SLOTS
         self.num_slots = default_slots if cfg.num_p is None else cfg.num_p
         if self.num_slots < 1:
@@ -332,17 +316,18 @@ class DynaPrompt(Method):
         if cfg.n_views < 2:
             raise ValueError("dynaprompt needs at least 2 views: the probability difference compares view 0 "
                              "with the others")
-        if not cfg.ctx_init or cfg.ctx_init.strip().lower() == "none":
-            raise ValueError("dynaprompt needs ctx_init: its prompts are residuals on those words' embeddings")
+        if context_words(cfg.ctx_init) is None and not cfg.coop:
+            raise ValueError("dynaprompt needs ctx_init (or coop): its prompts are residuals on that start")
+        if cfg.steps != 1:
+            raise ValueError(f"dynaprompt takes one AdamW step per sample, as the official code; got steps={cfg.steps}")
         self.buffer: PromptBuffer | None = None
         self.last_selection: Selection | None = None
         self._stats = {"samples": 0, "selected": 0, "restarted": 0, "appended": 0}
 
-    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
+    def setup(self, model: CLIP, test_set: TestSet) -> None:
         cfg = self.config
         self.model = model
-        self.set_id = set_id
-        self.learner = TextPromptLearner(model, classnames, ctx_init=cfg.ctx_init.replace("_", " "))
+        self.learner = prompt_learner(model, test_set.classnames, cfg)
         shape = (self.num_slots, self.learner.n_ctx, self.learner.ctx_start.shape[-1])
         if self.buffer is None or cfg.reset_state == "per-set":
             self.buffer = PromptBuffer.empty(*shape)

@@ -25,29 +25,25 @@ with fp32 distances, logits and entropy, and no scaler.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from ..data import TestSet
 from ..model import CLIP
-from .base import Method, MethodConfig, register
+from .base import Method, register
 from .losses import marginal_entropy, select_confident_views
 from .memory import MemoryPromptBank
-from .prompts import TextPromptLearner, load_coop_context
+from .prompts import PromptTuningConfig, prompt_learner
 
 
 @dataclasses.dataclass
-class MINTConfig(MethodConfig):
-    n_ctx: int = 4  # utils/args.py --n_ctx
-    # main.py --load ./models/coop.pth (the official default: a CoOp context); without --coop, "a photo of a"
-    ctx_init: str | None = "a photo of a"
-    coop: str | None = None
-    lr: float = 5e-3  # utils/args.py --lr; torch.optim.AdamW(params, lr): weight decay 0.01
-    weight_decay: float = 0.01
+class MINTConfig(PromptTuningConfig):
+    # as TPT's: utils/args.py --n_ctx 4, --lr 5e-3 (torch.optim.AdamW(params, lr): weight decay 0.01),
+    # --selection_p 0.1 (6 of 64 views), -b 64. ctx_init: main.py --load ./models/coop.pth is the official
+    # default (a CoOp context, --hp coop=PATH); without one, "a photo of a"
     steps: int = 3  # utils/args.py --tta_steps 3
-    selection: float = 0.1  # --selection_p: 6 of 64 views
-    n_views: int = 64  # -b 64
     bank_size: int = 512  # MINT.__init__ bank_size
     prompt_length: int = 2  # prompt_num: 1 key token + 1 value token
     top_k: int = 2  # topN, per query layer
@@ -59,14 +55,16 @@ class MINTConfig(MethodConfig):
     key_loss_weight: float = 0.2  # tta.py: - 0.2 * mean(sum(distance))
     key_loss_sign: float = -1.0  # the code's minus pushes keys away from their queries; +1 pulls (L2P)
     warmup: bool = True  # MINT.similarity's frequency re-weighting while total count <= N * views
-    memory: str = "bank"  # ablations: "static" (one learned visual prompt, no retrieval), "none" (text only)
-    reset_memory: str = "never"  # the code keeps bank and counters across the sets of a run; or "per-set"
+    # ablations: "static" one learned visual prompt, no retrieval; "none" text only
+    memory: Literal["bank", "static", "none"] = "bank"
+    # the code keeps bank and counters across the sets of a run; or "per-set"
+    reset_memory: Literal["never", "per-set"] = "never"
     bank_seed: int = 0
     fast: bool = True
 
 
 def _layers(spec: str) -> list[int]:
-    return [int(x) for x in str(spec).replace("/", ",").split(",") if x.strip()]
+    return [int(x) for x in spec.replace("/", ",").split(",") if x.strip()]
 
 
 def default_query_layers(blocks: int) -> list[int]:
@@ -86,13 +84,9 @@ class MINT(Method):
     def __init__(self, config: MINTConfig | None = None) -> None:
         super().__init__(config)
         self.bank: MemoryPromptBank | None = None
-        auto = str(self.config.query_layers).strip().lower() == "auto"
+        auto = self.config.query_layers.strip().lower() == "auto"
         self.query_layers = [] if auto else _layers(self.config.query_layers)  # "auto": resolved by `check`
         self.inject_layers = _layers(self.config.inject_layers)
-        if self.config.memory not in ("bank", "static", "none"):
-            raise ValueError(f"memory={self.config.memory!r}: use bank, static or none")
-        if self.config.reset_memory not in ("never", "per-set"):
-            raise ValueError(f"reset_memory={self.config.reset_memory!r}: use never or per-set")
         if self.config.prompt_length % 2:
             raise ValueError("prompt_length must be even: half the tokens are keys, half values")
 
@@ -114,19 +108,17 @@ class MINT(Method):
         if model.config.vision.kind != "vit":
             raise ValueError("MINT prompts a vision transformer; this checkpoint has a ResNet image tower")
         blocks = len(model.visual.blocks)
-        if str(self.config.query_layers).strip().lower() == "auto":
+        if self.config.query_layers.strip().lower() == "auto":
             self.query_layers = default_query_layers(blocks)
         if max(self.query_layers + self.inject_layers) >= blocks:
             raise ValueError(f"MINT's query_layers {self.query_layers} / inject_layers {self.inject_layers} need "
                              f"blocks that this {blocks}-block ViT lacks; set them, e.g. --hp query_layers=0,1,2")
 
-    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
+    def setup(self, model: CLIP, test_set: TestSet) -> None:
         cfg = self.config
         self.check(model)
         self.model = model
-        ctx_init = None if str(cfg.ctx_init).strip().lower() in ("", "none") else cfg.ctx_init.replace("_", " ")
-        self.learner = TextPromptLearner(model, classnames, cfg.n_ctx, ctx_init,
-                                         load_coop_context(cfg.coop) if cfg.coop else None)
+        self.learner = prompt_learner(model, test_set.classnames, cfg)
         if self.bank is None or cfg.reset_memory == "per-set":
             self.bank = self._new_bank(model.config.vision.width, model.device)
         self.bank.to(model.device)
@@ -180,14 +172,20 @@ class MINT(Method):
     def logits(self, image: Tensor, text: Tensor) -> Tensor:
         return self.model.logit_scale.detach().float().exp() * image @ text.float().T
 
+    def select(self, logits: Tensor) -> Tensor:
+        """Indices of the int(V * selection) most confident views of (V, C) logits, chosen at step 1."""
+        return select_confident_views(logits, self.config.selection)
+
     def loss(self, logits: Tensor, distance: Tensor) -> Tensor:
         key_term = distance.sum(dim=1).mean()
         return marginal_entropy(logits) + self.config.key_loss_sign * self.config.key_loss_weight * key_term
 
     # -- one test image --------------------------------------------------------------------------------
 
-    def adapt(self, views: Tensor) -> Tensor:
-        """Reset the text context and AdamW, then `steps` steps; returns the step-1 selected views."""
+    def adapt(self, views: Tensor) -> Tensor | None:
+        """Reset the text context and AdamW, then `steps` steps on the views (V, 3, H, W). Returns the
+        prompt-free queries (V, Q, W) of the fast path, which view 0's prediction reuses, or None when the
+        code's order (`fast=False`) computes them anew at every forward."""
         cfg = self.config
         self.learner.reset()
         params = [self.learner.ctx] + ([] if cfg.memory == "none" else [self.bank.keys, self.bank.values])
@@ -201,25 +199,24 @@ class MINT(Method):
                 text = self.text_features()
                 if not cfg.fast:
                     logits = self.logits(self.image_features(views, index), text)
-                    selected = select_confident_views(logits.detach(), cfg.selection) if selected is None else selected
+                    selected = self.select(logits.detach()) if selected is None else selected
                     logits = logits[selected]
                 else:
                     if selected is None:
                         with torch.no_grad():
                             ranking = self.logits(self.image_features(views, index), text)
-                        selected = select_confident_views(ranking, cfg.selection)
+                        selected = self.select(ranking)
                     logits = self.logits(self.image_features(views[selected], index[selected]), text)
                 loss = self.loss(logits, distance)
                 optimizer.zero_grad()
                 loss.backward()
                 self.guarded_step(optimizer)
-        self._queries = queries
-        return selected
+        return queries
 
     def predict(self, views: Tensor) -> Tensor:
-        self.adapt(views)
+        queries = self.adapt(views)
         with torch.no_grad():
-            queries = self._queries[:1] if self.config.fast else self.queries(views[:1])
+            queries = self.queries(views[:1]) if queries is None else queries[:1]
             index, _ = self.retrieve(queries, tuning=False)
             logits = self.logits(self.image_features(views[:1], index), self.text_features())[0]
         self.learner.reset()

@@ -37,7 +37,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .base import MethodConfig, register
+from ..data import TestSet
+from .base import MethodConfig, Prediction, register
 from .zeroshot import FixedPromptMethod
 
 
@@ -117,7 +118,7 @@ class MTA(FixedPromptMethod):
     Config = MTAConfig
     source = "MaxZanella/MTA mta.py (solve_mta), main.py (--mta, lambda defaults); CVPR'24"
 
-    def augmix(self, set_id: str) -> bool:
+    def augmix(self, test_set: TestSet) -> bool:
         return False  # main.py: augmix = len(set_id) > 1 and args.tpt, false for --mta
 
     @torch.no_grad()
@@ -127,9 +128,9 @@ class MTA(FixedPromptMethod):
         return solve_mta(features, self.text, scale, self.config.lambda_q, self.config.lambda_y).logits
 
     @torch.no_grad()
-    def predict_batch(self, views: Tensor) -> tuple[Tensor, list[int]]:
+    def predict_batch(self, views: Tensor) -> Prediction:
         """All B * V views (B, V, 3, H, W) through the encoder in one pass, then the B MeanShifts together."""
         features = self.encode_views(views)  # (B, V, D)
         scale = self.model.logit_scale.exp().float()
         solution = solve_mta(features, self.text, scale, self.config.lambda_q, self.config.lambda_y)
-        return solution.logits, [0] * len(views)
+        return Prediction(solution.logits, [0] * len(views), features[:, 0])

@@ -8,6 +8,7 @@ longest EOT: exact (performance.md §2.2); on ImageNet's 1000 names 13,005 text 
 
 from __future__ import annotations
 
+import dataclasses
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +18,47 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..model import CLIP, Tokenizer
+from .base import MethodConfig
+
+
+@dataclasses.dataclass
+class PromptTuningConfig(MethodConfig):
+    """What every method that tunes a CoOp-style text context at test time shares (TPT, C-TPT, MINT,
+    DynaPrompt). The defaults are TPT's (azshue/TPT@63ecbac); a method states where its own differ."""
+
+    # context tokens: tpt_classification.py --n_ctx (default 4); with ctx_init, its word count instead
+    n_ctx: int = 4
+    # scripts/test_tpt.sh ctx_init=a_photo_of_a ("_" read as spaces); None or "none": N(0, 0.02²) as
+    # custom_clip.py PromptLearner does without ctx_init
+    ctx_init: str | None = "a photo of a"
+    # a CoOp context checkpoint ({'state_dict': {'ctx': ...}}) that starts the context, as TPT's --load
+    # (scripts/test_tpt_coop.sh); its row count sets n_ctx
+    coop: str | None = None
+    # tpt_classification.py --lr default 5e-3, optimiser torch.optim.AdamW(prompt params, lr)
+    lr: float = 5e-3
+    # AdamW is built without weight_decay, so PyTorch's default 0.01 applies
+    weight_decay: float = 0.01
+    # tpt_classification.py --tta_steps default 1
+    steps: int = 1
+    # tpt_classification.py --selection_p default 0.1: int(64 * 0.1) = 6 confident views
+    selection: float = 0.1
+    # views per image: tpt_classification.py -b 64, the original and AugMixAugmenter's 63 views; the
+    # engine makes this many (Method.views_per_image)
+    n_views: int = 64
+
+
+def context_words(ctx_init: str | None) -> str | None:
+    """`ctx_init` as the references spell it on their command lines ("a_photo_of_a") -> the words that
+    start the context ("a photo of a"); None, "" and "none" -> None (a random start)."""
+    if ctx_init is None or ctx_init.strip().lower() in ("", "none"):
+        return None
+    return ctx_init.replace("_", " ")
+
+
+def prompt_learner(model: CLIP, classnames: list[str], config: PromptTuningConfig) -> TextPromptLearner:
+    """The learnable prompt a config asks for: a CoOp checkpoint's context if `coop`, else `ctx_init`'s words."""
+    ctx_vectors = load_coop_context(config.coop) if config.coop else None
+    return TextPromptLearner(model, classnames, config.n_ctx, context_words(config.ctx_init), ctx_vectors)
 
 
 @lru_cache

@@ -58,17 +58,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from ..data import TestSet
 from ..model import CLIP
 from .base import MethodConfig, register
 from .losses import entropy, marginal_entropy, select_confident_views
-from .zeroshot import FixedPromptMethod
+from .zeroshot import FixedPromptMethod, Templates
 
-OOD_SETS = ("A", "V", "R", "K")  # utils.py build_test_data_loader: 'A', 'V', 'R', 'S' (Sketch = mintclip's K)
 OOD_VIEWS = 64  # utils.py get_ood_preprocess: the original + AugMixAugmenter(n_views=63, augmix=True)
 SELECTION = 0.1  # utils.py get_clip_logits: int(V * 0.1) lowest-entropy views, 6 of 64
 
@@ -93,7 +93,12 @@ POSITIVE_PER_SET = {
     "UCF101": (3.0, 8.0),  # ucf101.yaml
 }
 DEFAULT_POSITIVE = POSITIVE_PER_SET["I"]  # an unknown set: ImageNet's values
-RESET_CHOICES = ("per-set", "never")
+
+
+def out_of_distribution(test_set: TestSet) -> bool:
+    """utils.py build_test_data_loader's 'A', 'V', 'R', 'S' (Sketch, mintclip's K): the ImageNet shifts,
+    which TDA reads through get_ood_preprocess's 64 AugMix views."""
+    return test_set.family == "imagenet-shift"
 
 
 @dataclasses.dataclass
@@ -113,8 +118,8 @@ class TDAConfig(MethodConfig):
     neg_mask_lower: float = 0.03  # negative.mask_threshold.lower (probability, strict)
     neg_mask_upper: float = 1.0  # negative.mask_threshold.upper (strict)
     logit_scale: float = 100.0  # utils.py get_clip_logits: 100. * image_features @ clip_weights
-    templates: str = "per_set"  # TDA's datasets/*.py templates; see zeroshot.class_templates
-    reset_state: str = "per-set"  # tda_runner.py: caches start empty for every set; "never": keep them
+    templates: Templates = "per_set"  # TDA's datasets/*.py templates; see zeroshot.class_templates
+    reset_state: Literal["per-set", "never"] = "per-set"  # tda_runner.py: caches start empty for every set; "never": keep them
 
 
 class ClassSlots:
@@ -221,11 +226,9 @@ class TDA(FixedPromptMethod):
     def __init__(self, config: TDAConfig | None = None) -> None:
         super().__init__(config)
         cfg = self.config
-        if cfg.reset_state not in RESET_CHOICES:
-            raise ValueError(f"reset_state={cfg.reset_state!r}: use {' or '.join(RESET_CHOICES)}")
         if cfg.pos_capacity < 1 or cfg.neg_capacity < 1:
             raise ValueError("pos_capacity and neg_capacity must be at least 1")
-        self.set_id: str | None = None
+        self.test_set: TestSet | None = None
         self.positive: ClassSlots | None = None
         self.negative: ClassSlots | None = None
         self.classes: Tensor | None = None  # class_digest of the classes the caches hold
@@ -235,22 +238,26 @@ class TDA(FixedPromptMethod):
 
     @property
     def views_per_image(self) -> int:
-        """64 for A/V/R/K and 1 for every other set. Before `setup` it is 64, the most any set needs."""
-        return OOD_VIEWS if self.set_id is None or self.set_id in OOD_SETS else 1
+        """64 for the ImageNet shifts A/V/R/K and 1 for every other set. Before `setup` it is 64, the most
+        any set needs."""
+        return OOD_VIEWS if self.test_set is None or out_of_distribution(self.test_set) else 1
 
-    def augmix(self, set_id: str) -> bool:
-        return set_id in OOD_SETS  # get_ood_preprocess (augmix=True); other sets: CLIP's preprocess only
+    def augmix(self, test_set: TestSet) -> bool:
+        return out_of_distribution(test_set)  # get_ood_preprocess (augmix=True); other sets: CLIP's preprocess
 
-    def positive_params(self, set_id: str | None) -> tuple[float, float]:
-        """(alpha, beta) of the positive cache: the overrides, else the set's configs/*.yaml values."""
-        alpha, beta = POSITIVE_PER_SET.get(set_id, DEFAULT_POSITIVE)
+    def positive_params(self, test_set: TestSet) -> tuple[float, float]:
+        """(alpha, beta) of the positive cache: the overrides, else the set's configs/*.yaml values (a user
+        set, for which TDA has no config: ImageNet's)."""
+        known = test_set.family != "user"
+        alpha, beta = POSITIVE_PER_SET[test_set.set_id] if known else DEFAULT_POSITIVE
         cfg = self.config
         return (alpha if cfg.pos_alpha is None else cfg.pos_alpha, beta if cfg.pos_beta is None else cfg.pos_beta)
 
-    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
-        super().setup(model, classnames, set_id)  # self.text (C, D)
-        self.set_id = set_id
-        self.pos_alpha, self.pos_beta = self.positive_params(set_id)
+    def setup(self, model: CLIP, test_set: TestSet) -> None:
+        super().setup(model, test_set)  # self.text (C, D)
+        self.test_set = test_set
+        self.pos_alpha, self.pos_beta = self.positive_params(test_set)
+        classnames = test_set.classnames
         self.set_classes = class_digest(classnames)
         keep = (self.config.reset_state == "never" and self.positive is not None
                 and torch.equal(self.classes, self.set_classes))

@@ -28,33 +28,16 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from ..data import TestSet
 from ..model import CLIP
-from .base import Method, MethodConfig, register
+from .base import Method, Prediction, register
 from .losses import marginal_entropy, select_confident_views
-from .prompts import TextPromptLearner, load_coop_context
+from .prompts import PromptTuningConfig, prompt_learner
 
 
 @dataclasses.dataclass
-class TPTConfig(MethodConfig):
-    # number of context tokens: tpt_classification.py --n_ctx (default 4); with ctx_init, its word count
-    n_ctx: int = 4
-    # scripts/test_tpt.sh ctx_init=a_photo_of_a ("_" read as spaces); None or "none": N(0, 0.02²) as
-    # custom_clip.py PromptLearner does without ctx_init
-    ctx_init: str | None = "a photo of a"
-    # a CoOp context checkpoint ({'state_dict': {'ctx': ...}}) that starts the context, as TPT's --load
-    # (scripts/test_tpt_coop.sh); its row count sets n_ctx
-    coop: str | None = None
-    # tpt_classification.py --lr default 5e-3, optimiser torch.optim.AdamW(prompt params, lr)
-    lr: float = 5e-3
-    # AdamW is built without weight_decay, so PyTorch's default 0.01 applies
-    weight_decay: float = 0.01
-    # tpt_classification.py --tta_steps default 1
-    steps: int = 1
-    # tpt_classification.py --selection_p default 0.1: int(64 * 0.1) = 6 confident views
-    selection: float = 0.1
-    # views per image: tpt_classification.py -b 64, the original and AugMixAugmenter's 63 views; the
-    # engine makes this many (Method.views_per_image)
-    n_views: int = 64
+class TPTConfig(PromptTuningConfig):
+    # every prompt-tuning default (n_ctx, ctx_init, coop, lr, weight_decay, steps, selection, n_views) is TPT's
     # not in the reference: build the step-1 text graph once per set and reuse it (exact, performance.md
     # §3 item 5); it holds that graph's activations between images. False: a fresh forward per image
     reuse_step0_graph: bool = True
@@ -71,17 +54,10 @@ class TPT(Method):
     source = "azshue/TPT@63ecbac tpt_classification.py, clip/custom_clip.py, scripts/test_tpt.sh"
     config: TPTConfig
 
-    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
-        cfg = self.config
+    def setup(self, model: CLIP, test_set: TestSet) -> None:
         self.model = model
-        self.set_id = set_id
-        ctx_init = cfg.ctx_init
-        if ctx_init is not None and ctx_init.strip().lower() in ("", "none"):
-            ctx_init = None
-        ctx_vectors = load_coop_context(cfg.coop) if cfg.coop else None
-        self.learner = TextPromptLearner(model, classnames, n_ctx=int(cfg.n_ctx),
-                                         ctx_init=ctx_init.replace("_", " ") if ctx_init else None,
-                                         ctx_vectors=ctx_vectors)
+        self.test_set = test_set
+        self.learner = prompt_learner(model, test_set.classnames, self.config)
         self._step0: tuple[Tensor, Tensor] | None = None  # (leaf context, its text features with graph)
 
     # -- the pieces, each usable alone ---------------------------------------------------------------
@@ -118,7 +94,7 @@ class TPT(Method):
         optimizer = torch.optim.AdamW([ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
         selected: Tensor | None = None
         with torch.enable_grad():
-            for step in range(int(cfg.steps)):
+            for step in range(cfg.steps):
                 if step == 0 and cfg.reuse_step0_graph:
                     start, graph = self._step0_graph()
                     text = graph.detach().requires_grad_(True)
@@ -150,7 +126,7 @@ class TPT(Method):
         self.reset()  # episodic: nothing of this image is left behind
         return logits
 
-    def predict_batch(self, views: Tensor) -> tuple[Tensor, list[int]]:
+    def predict_batch(self, views: Tensor) -> Prediction:
         """B images tuned together (views (B, V, 3, H, W)), the same predictions as `predict` on each: one
         image-encoder pass, B contexts as one (B, n_ctx, W) tensor, the text encoder over B prefixes at
         once. `reference_order` keeps the per-image loop, the yardstick."""
@@ -162,7 +138,7 @@ class TPT(Method):
             return super().predict_batch(views)
         with torch.no_grad():
             logits = self.logits(image_features[:, :1], self.text_features(ctx))[:, 0]  # (B, C)
-        return logits, [0] * len(views)
+        return Prediction(logits, [0] * len(views), image_features[:, 0])
 
     def adapt_batch(self, image_features: Tensor) -> Tensor | None:
         """`adapt` for B images, image_features (B, V, D) -> their tuned contexts (B, n_ctx, W), or None as
@@ -175,7 +151,7 @@ class TPT(Method):
         optimizer = torch.optim.AdamW([ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
         selected: list[Tensor] | None = None
         with torch.enable_grad():
-            for step in range(int(cfg.steps)):
+            for step in range(cfg.steps):
                 shared = step == 0 and cfg.reuse_step0_graph
                 if shared:  # every image starts from the same context: one cached graph serves all
                     start, graph = self._step0_graph()
@@ -205,7 +181,7 @@ class TPT(Method):
         optimizer = torch.optim.AdamW([self.learner.ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
         selected = None
         with torch.enable_grad():
-            for _ in range(int(cfg.steps)):
+            for _ in range(cfg.steps):
                 with self.autocast():
                     text = self.learner.forward_padded()
                 logits = self.logits(self.encode_views(views), text)

@@ -34,36 +34,30 @@ Faithful to FarinaMatteo/zero@c609f7c `ttas/zero.py` (`Zero.zero`), `ttas/base.p
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import MethodConfig, register
+from ..data import TestSet
+from .base import MethodConfig, Prediction, register
 from .losses import entropy
-from .zeroshot import FixedPromptMethod
+from .zeroshot import FixedPromptMethod, Templates
 
-TIE_BREAKS = ("confidence", "view_order")
-TIE_FALLBACKS = ("reference", "tied_classes")
 SECONDARY_WEIGHT = 0.5  # mean probability is at most 1, so this never outweighs one vote
 
 
 @dataclasses.dataclass
 class ZeroConfig(MethodConfig):
     gamma: float = 0.3  # fraction of views kept (ttas/zero.py: self.gamma; 0.1 in earlier commits)
-    templates: str = "single"  # "a photo of a {}."; "simple_7" is ZERO's --templates (the 7 Tip templates)
+    templates: Templates = "single"  # "a photo of a {}."; "simple_7" is ZERO's --templates (the 7 Tip templates)
     # ties walk the discarded views: "confidence" most confident first (c609f7c, since cbd7949),
     # "view_order" in input order (the code before cbd7949)
-    tie_break: str = "confidence"
+    tie_break: Literal["confidence", "view_order"] = "confidence"
     # no walked view names a tied class: "reference" the code's break_sample_tie (masks classes C-1-t),
     # "tied_classes" its intent (the first walked view's best tied class)
-    tie_fallback: str = "reference"
-
-    def __post_init__(self) -> None:
-        if self.tie_break not in TIE_BREAKS:
-            raise ValueError(f"tie_break={self.tie_break!r} is not known; use one of {', '.join(TIE_BREAKS)}")
-        if self.tie_fallback not in TIE_FALLBACKS:
-            raise ValueError(f"tie_fallback={self.tie_fallback!r} is not known; use one of {', '.join(TIE_FALLBACKS)}")
+    tie_fallback: Literal["reference", "tied_classes"] = "reference"
 
 
 def zero_vote(logits: Tensor, gamma: float = 0.3, tie_break: str = "confidence",
@@ -115,17 +109,18 @@ class Zero(FixedPromptMethod):
     Config = ZeroConfig
     source = "FarinaMatteo/zero@c609f7c ttas/zero.py (Zero.zero), ttas/base.py, utils/tools.py; NeurIPS'24"
 
-    def augmix(self, set_id: str) -> bool:
+    def augmix(self, test_set: TestSet) -> bool:
         return False  # ZERO's MultiViewCropAndFlip: crops and flips for every set
 
     @torch.no_grad()
     def predict(self, views: Tensor) -> Tensor:
         cfg = self.config
-        return zero_vote(self.view_logits(views), cfg.gamma, cfg.tie_break, cfg.tie_fallback)
+        return zero_vote(self.class_logits(self.encode_views(views)), cfg.gamma, cfg.tie_break, cfg.tie_fallback)
 
     @torch.no_grad()
-    def predict_batch(self, views: Tensor) -> tuple[Tensor, list[int]]:
+    def predict_batch(self, views: Tensor) -> Prediction:
         """All B * V views (B, V, 3, H, W) through the encoder in one pass, then the B votes together."""
-        logits = self.view_logits(views)  # (B, V, C)
+        features = self.encode_views(views)  # (B, V, D)
         cfg = self.config
-        return zero_votes(logits, cfg.gamma, cfg.tie_break, cfg.tie_fallback), [0] * len(views)
+        votes = zero_votes(self.class_logits(features), cfg.gamma, cfg.tie_break, cfg.tie_fallback)
+        return Prediction(votes, [0] * len(views), features[:, 0])

@@ -9,44 +9,43 @@ side is encoded once per set, and a prediction is `logit_scale.exp() * cos(view 
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from ..data.templates import template_set, templates_for
+from ..data import TestSet, template_set
 from ..model import CLIP
 from .base import Method, MethodConfig, register
 from .prompts import encode_class_prompts
 
-TEMPLATE_CHOICES = ("single", "simple_7", "openai_80", "per_set")
+Templates = Literal["single", "simple_7", "openai_80", "per_set"]
 
 
-def class_templates(choice: str, set_id: str) -> list[str]:
+def class_templates(choice: Templates, test_set: TestSet) -> list[str]:
     """The templates named by a method's `templates` field: 'single' ("a photo of a {}."), 'simple_7'
     (the 7 Tip templates, ZERO's `--templates`), 'openai_80' (CLIP's ImageNet ensemble) or 'per_set'
-    (TDA's per-dataset choice, `templates_for(set_id)`)."""
-    if choice not in TEMPLATE_CHOICES:
-        raise ValueError(f"templates={choice!r} is not known; use one of {', '.join(TEMPLATE_CHOICES)}")
-    return templates_for(set_id) if choice == "per_set" else template_set(choice)
+    (TDA's per-dataset choice, `test_set.templates`)."""
+    return list(test_set.templates) if choice == "per_set" else template_set(choice)
 
 
 class FixedPromptMethod(Method):
     """A method whose class prompts never change: `config.templates` is encoded once per set."""
 
-    def setup(self, model: CLIP, classnames: list[str], set_id: str) -> None:
+    def setup(self, model: CLIP, test_set: TestSet) -> None:
         self.model = model
         with self.autocast():
-            templates = class_templates(self.config.templates, set_id)
-            self.text = encode_class_prompts(model, classnames, templates)  # (C, D)
+            templates = class_templates(self.config.templates, test_set)
+            self.text = encode_class_prompts(model, test_set.classnames, templates)  # (C, D)
 
-    def view_logits(self, views: Tensor) -> Tensor:
-        """(V, C) fp32 logits = logit_scale.exp() * cos(view, class); the views of B images -> (B, V, C)."""
-        return self.model.logit_scale.exp().float() * self.encode_views(views) @ self.text.T
+    def class_logits(self, features: Tensor) -> Tensor:
+        """Normalised features (..., D) -> fp32 logits (..., C) = logit_scale.exp() * cos(feature, class)."""
+        return self.model.logit_scale.exp().float() * features @ self.text.T
 
 
 @dataclasses.dataclass
 class ZeroShotConfig(MethodConfig):
-    templates: str = "single"  # see class_templates
+    templates: Templates = "single"  # see class_templates
 
 
 @register
@@ -60,7 +59,7 @@ class ZeroShot(FixedPromptMethod):
 
     @torch.no_grad()
     def predict(self, views: Tensor) -> Tensor:
-        return self.view_logits(views[:1])[0]  # (C,)
+        return self.class_logits(self.encode_views(views[:1]))[0]  # (C,)
 
 
 @dataclasses.dataclass

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .folders import DatasetError, ImageDataset, examples
-from .templates import templates_for
 
 SPLIT_DIRS = (".", "data_splits", "splits", "data/data_splits")  # where split files are looked for
 
@@ -96,8 +95,7 @@ def open_cross_domain_set(data_root: Path, set_id: str) -> ImageDataset:
             continue  # another candidate folder may hold the images
         base = _locate_images(folder, spec.image_dirs, [rel for rel, _ in test], split)
         samples = [(base / rel, label) for rel, label in test]
-        return ImageDataset(set_id, base, f"{folder_name} + {split.name}", classnames, samples,
-                            templates_for(set_id), augmix=True)
+        return ImageDataset(set_id, base, f"{folder_name} + {split.name}", classnames, samples)
     if first_found:  # a split file but no images where it says: say exactly where they were looked for
         folder, split, test = first_found
         _locate_images(folder, spec.image_dirs, [rel for rel, _ in test], split)
@@ -134,5 +132,4 @@ def open_aircraft(data_root: Path) -> ImageDataset:
         raise DatasetError(f"{folder / 'images_variant_test.txt'}: variants not in variants.txt: {examples(unknown)}")
     if missing:
         raise DatasetError(f"{folder / 'images'}: {len(missing)} test images missing: {examples(missing)}")
-    return ImageDataset("Aircraft", folder / "images", f"{folder_name} (FGVC files, as CoOp)", classnames, samples,
-                        templates_for("Aircraft"), augmix=True)
+    return ImageDataset("Aircraft", folder / "images", f"{folder_name} (FGVC files, as CoOp)", classnames, samples)

@@ -65,8 +65,6 @@ class ImageDataset:
     layout: str  # which layout, e.g. "imagenet-a (TPT, MINT, DynaPrompt, ZERO)"
     classnames: list[str]
     samples: list[tuple[Path, int]]
-    templates: list[str]  # the prompt templates this set uses in the references (see templates.py)
-    augmix: bool  # the reference default: AugMix views for the cross-domain sets, not for I/A/V/R/K
     notes: list[str] = field(default_factory=list)
     skipped_files: list[Path] = field(default_factory=list)  # files that are not images by content
     class_keys: list[str] = field(default_factory=list)  # how the data names each class (folder, CSV label)
@@ -302,7 +300,7 @@ def open_image_folder(root: Path, set_id: str = "folder") -> ImageDataset:
     index = {f: i for i, f in enumerate(folders)}
     samples = class_samples(root, scan, index.__getitem__)
     return ImageDataset(set_id, root, "ImageFolder tree", [names[f] for f in folders], samples,
-                        ["a photo of a {}."], augmix=False, notes=skipped_note(root, scan.skipped),
+                        notes=skipped_note(root, scan.skipped),
                         skipped_files=scan.skipped, class_keys=folders)
 
 
@@ -358,6 +356,6 @@ def open_csv(csv_path: Path, set_id: str = "csv") -> ImageDataset:
     samples = [(path, label) for path, label in listed if formats[path]]
     if not samples:
         raise DatasetError(f"{csv_path}: none of its {len(rows)} rows is an image (by the files' first bytes)")
-    return ImageDataset(set_id, csv_path.parent, "CSV path,label", classnames, samples, ["a photo of a {}."],
-                        augmix=False, notes=skipped_note(csv_path.parent, skipped), skipped_files=skipped,
+    return ImageDataset(set_id, csv_path.parent, "CSV path,label", classnames, samples,
+                        notes=skipped_note(csv_path.parent, skipped), skipped_files=skipped,
                         class_keys=keys)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from .folders import DatasetError, ImageDataset, class_samples, find_class_trees, scan_class_folders, skipped_note
-from .templates import imagenet_assets, templates_for
+from .templates import imagenet_assets
 
 WNID = re.compile(r"^n\d{8}$")
 INDEX = re.compile(r"^\d{1,4}$")
@@ -64,7 +64,7 @@ def open_imagenet_set(data_root: Path, set_id: str) -> ImageDataset:
             samples = class_samples(folder, scan, labels.__getitem__)
             notes = ["folder names are ImageNet class indices: label = int(folder name)"] if set_id == "V" else []
             return ImageDataset(set_id, folder, f"{relative} ({used_by})", classnames, samples,
-                                templates_for(set_id), augmix=False, notes=notes + skipped_note(folder, scan.skipped),
+                                notes=notes + skipped_note(folder, scan.skipped),
                                 skipped_files=scan.skipped, class_keys=sorted(labels, key=labels.__getitem__))
     expected = ", ".join(relative for relative, _ in LAYOUTS[set_id])
     found = [p for p in find_class_trees(data_root, lambda name: bool(pattern.match(name)))]

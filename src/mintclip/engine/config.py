@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..adapt.base import Method
-from ..data import ImageDataset
+from ..data import ImageDataset, TestSet
 from ..model import CLIP
 from .records import RunLog
 
@@ -103,8 +103,9 @@ class Prepared:
 def augmix_for(config: RunConfig, method: Method, dataset: ImageDataset) -> bool:
     if config.augmix != "auto":
         return config.augmix == "on"
-    chosen = method.augmix(dataset.set_id)
-    return dataset.augmix if chosen is None else chosen
+    test_set = TestSet.of(dataset)
+    chosen = method.augmix(test_set)
+    return test_set.augmix if chosen is None else chosen
 
 
 def stream_order(n: int, seed: int, limit: int | None) -> list[int]:

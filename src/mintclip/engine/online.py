@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..adapt.base import build_method
-from ..data import set_label
+from ..data import TestSet, set_label
 from .config import Prepared, RunConfig, RunError, stream_order
 from .distributed import OnlineStream, merge_shards, sub_stream_suffix, suffixed
 from .plots import bar_chart_png, line_chart_png
@@ -44,7 +44,7 @@ def run_stream(config: RunConfig, prepared: Prepared, seed: int, folder: Path, s
         if pending_state and checkpoint["set"] is None:
             method.load_state_dict(checkpoint["state"])
             pending_state = False
-        method.setup(prepared.model, dataset.classnames, set_id)
+        method.setup(prepared.model, TestSet.of(dataset))
         if pending_state and checkpoint["set"] == set_id:
             method.load_state_dict(checkpoint["state"])
             start, pending_state = checkpoint["position"], False

@@ -28,7 +28,7 @@ from typing import IO, Any
 import torch
 
 from ..adapt.base import build_method
-from ..data import ImageDataset, open_dataset, resolve_set_id, set_label
+from ..data import ImageDataset, TestSet, open_dataset, resolve_set_id, set_label
 from ..model import check_device, load_clip
 from .config import Prepared, RunConfig, RunError, augmix_for, data_difference, data_fingerprint, stream_order
 from .distributed import Shard, merge_shards, shard_path
@@ -280,7 +280,7 @@ def run_episodic_set(config: RunConfig, prepared: Prepared, seed: int, folder: P
     start = min(len(read_records(shard_records)), len(mine)) if config.resume else 0
     start -= start % config.batch_images  # resume at a group boundary: the same groups, the same rounding
     if start < len(mine):
-        prepared.method.setup(prepared.model, dataset.classnames, set_id)
+        prepared.method.setup(prepared.model, TestSet.of(dataset))
         writer = RecordWriter(shard_records, keep=start)
         try:
             run_set(config, prepared, dataset, mine, start, seed, writer, lambda position: None)

@@ -71,11 +71,9 @@ def predict_group(model: CLIP, method: Method, maker: ViewMaker, zeroshot_text: 
     outcomes: list[dict[str, Any]] = []  # per readable image, in group order
     if images:
         views = torch.stack([maker(item.image.to(model.device), seed, item.index) for item in images])  # (B, V, 3, H, W)
-        method.view0_features = None
-        logits, skipped = method.predict_batch(views)
-        logits = logits.float()  # (B, C)
-        view0 = method.view0_features  # (B, D) when the method encoded the views with encode_views
-        if view0 is None:
+        prediction = method.predict_batch(views)
+        logits, skipped, view0 = prediction.logits.float(), prediction.skipped_updates, prediction.view0_features
+        if view0 is None:  # (B, D): a method whose own features are prompted (MINT) does not give them
             with torch.no_grad(), autocast_for(model.device, method.config.precision):
                 view0 = F.normalize(model.encode_image(views[:, 0]).float(), dim=-1)
         top = logits.softmax(-1).topk(min(5, logits.shape[-1]))
