@@ -2,8 +2,8 @@
 
 The CLIP has random weights of a real shape (nothing is downloaded), the class names are made up, the
 views random tensors: timing needs none of the real ones, and view making is not timed here (a run's
-timing.json includes it). Methods with a reference-order mode (MINT's fast=False, TPT's, C-TPT's and
-DynaPrompt's reference_order) are timed both ways; the others once.
+timing.json includes it). Methods that declare a reference order (`Method.reference_overrides`: TPT,
+C-TPT, MINT, DynaPrompt) are timed both ways; the others once.
 
 Each (method, path) runs in its own process, so its peak memory is its own: on CUDA the peak of
 torch.cuda.max_memory_allocated over the images less what was allocated before the first (model, text,
@@ -28,19 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .adapt import build_method
+from .adapt import available_methods, build_method
 from .data import TestSet
 from .model import CLIP, CLIPConfig, Preprocess, TextConfig, VisionConfig
 
-# name: (image size, patch, vision width, blocks, heads, text width, blocks, heads, embed dim, MINT query blocks)
+# name: (image size, patch, vision width, blocks, heads, text width, blocks, heads, embed dim)
 ARCHS = {
-    "micro": (32, 8, 128, 3, 2, 64, 2, 1, 32, "0,1,2"),  # for tests
-    "tiny": (224, 16, 256, 6, 4, 256, 6, 4, 256, "1,3,5"),  # for CPUs
-    "ViT-B/32": (224, 32, 768, 12, 12, 512, 12, 8, 512, "3,7,11"),
-    "ViT-B/16": (224, 16, 768, 12, 12, 512, 12, 8, 512, "3,7,11"),
+    "micro": (32, 8, 128, 3, 2, 64, 2, 1, 32),  # for tests
+    "tiny": (224, 16, 256, 6, 4, 256, 6, 4, 256),  # for CPUs
+    "ViT-B/32": (224, 32, 768, 12, 12, 512, 12, 8, 512),
+    "ViT-B/16": (224, 16, 768, 12, 12, 512, 12, 8, 512),
 }
-REFERENCE_ORDER = {"mint": {"fast": False}, "tpt": {"reference_order": True}, "ctpt": {"reference_order": True},
-                   "dynaprompt": {"reference_order": True}}
 
 
 @dataclass
@@ -59,7 +57,7 @@ class Timing:
 
 
 def build_clip(arch: str, device: str) -> CLIP:
-    size, patch, v_width, v_layers, v_heads, t_width, t_layers, t_heads, embed, _ = ARCHS[arch]
+    size, patch, v_width, v_layers, v_heads, t_width, t_layers, t_heads, embed = ARCHS[arch]
     config = CLIPConfig(embed_dim=embed, act="quick_gelu", preprocess=Preprocess(size),
                         vision=VisionConfig("vit", v_width, v_layers, v_heads, size, patch),
                         text=TextConfig(t_width, t_layers, t_heads))
@@ -91,10 +89,8 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
     """In this process: build the model and the method, then run warm-up and timed images, `batch_images`
     per call for an episodic method (images and warmup rounded up to whole calls), one for an online one.
     `compile_encoder`: mintclip's path runs the image encoder under torch.compile (compiled in warm-up)."""
-    overrides = {"precision": precision, **(REFERENCE_ORDER.get(method_name, {}) if path == "reference" else {})}
-    if method_name == "mint":
-        overrides["query_layers"] = ARCHS[arch][-1]
-    method = build_method(method_name, overrides)
+    reference = available_methods()[method_name].reference_overrides if path == "reference" else {}
+    method = build_method(method_name, {"precision": precision, **reference})  # MINT: query_layers auto
     if hasattr(method.config, "n_views"):
         method.config.n_views = views
     model = build_clip(arch, device)
@@ -140,7 +136,7 @@ def run_benchmark(methods: list[str], arch: str, classes: int, views: int, image
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
-            for path in ["mintclip", "reference"] if method in REFERENCE_ORDER else ["mintclip"]:
+            for path in ["mintclip", "reference"] if available_methods()[method].reference_overrides else ["mintclip"]:
                 out = Path(tmp) / f"{method}-{path}.json"
                 spec = json.dumps([method, path, arch, classes, views, images, warmup, device, precision,
                                    batch_images, compile_encoder])

@@ -409,8 +409,8 @@ COMMANDS = (  # name, one-line help, description, how its options are added
      "config.", _populate_run),
     ("report", "tables, gains over zero-shot with intervals, and plots over runs",
      "Combine run folders into the papers' table (a row per run), each run's gain over zero-shot with a paired "
-     "bootstrap 95% interval, a bar chart per set, top-1 along the stream of online runs and the memory "
-     "diagnostics of MINT runs.", _populate_report),
+     "bootstrap 95% interval, a bar chart per set, top-1 along the stream of online runs and the "
+     "diagnostics of online methods (MINT's bank, DynaPrompt's buffer, TDA's caches).", _populate_report),
     ("bench", "time methods per image, mintclip's path against the reference's",
      "Per-image time and peak memory of methods on a CLIP with random weights, with the reference code's order of "
      "work beside mintclip's.", _populate_bench),

@@ -3,9 +3,10 @@ and a value outside a `Literal` is refused with the key and the choices, however
 
 import pytest
 
-from mintclip.adapt import build_method
+from mintclip.adapt import available_methods, build_method, register
 from mintclip.adapt.dynaprompt import DynaPrompt, DynaPromptConfig
 from mintclip.adapt.prompts import PromptTuningConfig, context_words
+from mintclip.adapt.tpt import TPT
 
 
 def test_hp_strings_parse_by_the_fields_type_hints():
@@ -38,3 +39,15 @@ def test_the_prompt_tuners_share_one_config_and_one_spelling_of_ctx_init():
     assert build_method("mint").config.steps == 3 and build_method("tpt").config.steps == 1
     assert context_words("a_photo_of_a") == "a photo of a" == context_words("a photo of a")
     assert context_words(None) is context_words("none") is context_words(" ") is None
+
+
+def test_every_method_module_is_found_without_a_list():
+    assert {"zeroshot", "ensemble", "tpt", "ctpt", "zero", "mta", "mint", "tda", "dynaprompt"} <= set(available_methods())
+
+
+def test_a_second_method_of_the_same_name_is_refused():
+    with pytest.raises(ValueError, match="two methods are named 'tpt'"):
+        @register
+        class AnotherTPT(TPT):
+            name = "tpt"
+    assert available_methods()["tpt"] is TPT

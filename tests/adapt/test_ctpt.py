@@ -11,6 +11,7 @@ from mintclip.adapt.ctpt import CTPT, CTPTConfig, atfd
 from mintclip.adapt.losses import marginal_entropy
 from mintclip.adapt.tpt import TPT, TPTConfig
 from mintclip.data import TestSet
+from mintclip.reference.text import padded_class_features
 from tests.adapt.test_tpt import CLASSES, frozen_clip, random_views
 
 
@@ -57,7 +58,7 @@ def test_one_step_equals_a_plain_transcription():
     # custom_clip.py inference() + tpt_classification.py test_time_tuning(), run_type tpt_ctpt, λ = 50
     learner = make_ctpt(model, "Flower102").learner
     optimizer = torch.optim.AdamW([learner.ctx], lr=5e-3)
-    text = learner.forward_padded()
+    text = padded_class_features(learner)
     with torch.no_grad():
         image = F.normalize(model.encode_image(views), dim=-1)
     logits = model.logit_scale.exp() * image @ text.t()

@@ -400,7 +400,7 @@ def test_build_by_name_setup_and_predict_both_variants():
         logits = paper.predict(random_views(n=8, seed=seed))
         assert logits.shape == (len(CLASSES),) and torch.isfinite(logits).all()
     assert paper.last_selection is not None and len(paper.buffer.occupied()) >= 1
-    assert paper.diagnostics()["numbers"]["samples"] == 3 and "paper" in paper.notes()[0]
+    assert paper.diagnostics().numbers["samples"] == 3 and "paper" in paper.notes()[0]
 
     for bad in ({"variant": "papers"}, {"reset_state": "never"}, {"n_views": "1"}):
         with pytest.raises(ValueError):

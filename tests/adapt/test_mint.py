@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import mintclip
-from mintclip.adapt import build_method
+from mintclip.adapt import Diagnostics, build_method
 from mintclip.adapt.mint import default_query_layers
 from mintclip.cli import main
 from mintclip.engine.records import read_records
@@ -394,7 +394,7 @@ def test_static_memory_is_one_learned_prompt_without_retrieval_or_key_loss():
     assert torch.equal(method.bank.keys, keys)  # no key term: no gradient, not even weight decay
     assert not torch.equal(method.bank.values, values)  # the one prompt is trained
     assert int(method.bank.train_counts.sum()) == int(method.bank.test_counts.sum()) == 0
-    assert method.diagnostics() == {}
+    assert method.diagnostics() == Diagnostics()
 
 
 def test_no_memory_leaves_the_image_encoder_unprompted():
@@ -515,11 +515,11 @@ def test_diagnostics_describe_the_bank():
         method.predict(random_views(seed=seed))
     report = method.diagnostics()
     counts = method.bank.train_counts + method.bank.test_counts
-    numbers = report["numbers"]
+    numbers = report.numbers
     assert numbers["bank_size"] == 16 and numbers["selections"] == int(counts.sum()) == 2 * (3 * 16 * 6 + 6)
     assert numbers["entries_retrieved"] == int((counts > 0).sum()) and 0 < numbers["entries_retrieved"] <= 16
-    assert torch.equal(report["bars"]["usage"], counts.sort(descending=True).values)
-    assert all(torch.equal(report["tensors"][k], v) for k, v in method.bank.state_dict().items())
+    assert torch.equal(report.bars["usage"], counts.sort(descending=True).values)
+    assert all(torch.equal(report.tensors[k], v) for k, v in method.bank.state_dict().items())
     keys = F.normalize(method.bank.keys.detach()[0], dim=-1)
     cosine = (keys @ keys.T)[~torch.eye(16, dtype=torch.bool)]
     assert numbers["key_cosine_max"] == pytest.approx(float(cosine.max()))
@@ -549,5 +549,5 @@ def test_a_killed_mint_run_resumes_to_an_uninterrupted_run(tmp_path):
     assert main([*args(killed), "--resume"]) == 0
     assert comparable(killed) == comparable(whole)
     for set_id in ("EuroSAT", "DTD"):  # the bank at the end of each set, bit for bit
-        a, b = (load_file(str(out / "seed0" / set_id / "memory.safetensors")) for out in (whole, killed))
+        a, b = (load_file(str(out / "seed0" / set_id / "diagnostics.safetensors")) for out in (whole, killed))
         assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)

@@ -4,6 +4,7 @@ import torch
 
 from mintclip.adapt.losses import marginal_entropy, select_confident_views
 from mintclip.adapt.prompts import TextPromptLearner, encode_class_prompts, load_coop_context
+from mintclip.reference.text import padded_class_features
 from tests.conftest import tiny_clip
 
 CLASSES = ["goldfish", "Mexican hairless dog (xoloitzcuintli)", "great white shark", "jay"]
@@ -13,9 +14,9 @@ def test_truncated_shared_prefix_equals_the_padded_77_token_path():
     model = tiny_clip().double().requires_grad_(False)
     learner = TextPromptLearner(model, CLASSES)
     assert learner.n_ctx == 4 and learner.length < 77
-    torch.testing.assert_close(learner(), learner.forward_padded(), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(learner(), padded_class_features(learner), atol=1e-12, rtol=1e-10)
     fast_grad, = torch.autograd.grad(learner().sum(), learner.ctx)
-    padded_grad, = torch.autograd.grad(learner.forward_padded().sum(), learner.ctx)
+    padded_grad, = torch.autograd.grad(padded_class_features(learner).sum(), learner.ctx)
     torch.testing.assert_close(fast_grad, padded_grad, atol=1e-10, rtol=1e-8)
 
 

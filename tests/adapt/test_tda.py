@@ -238,4 +238,4 @@ def test_build_method_setup_and_predict(images):
     for i in range(3):
         logits = method.predict(images[i:i + 1])
         assert logits.shape == (len(CLASSES),) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
-    assert method.diagnostics()["numbers"]["positive_entries"] == 3
+    assert method.diagnostics().numbers["positive_entries"] == 3

@@ -105,7 +105,7 @@ def test_online_sub_streams_depend_on_their_number_not_on_the_processes(data, ch
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     diagnostics = {p.relative_to(tmp_path / "two"): p.read_bytes() for p in (tmp_path / "two").glob("seed0/*/diag*")}
-    assert len(diagnostics) == 4  # day and night, one per sub-stream
+    assert len(diagnostics) == 12  # day and night, per sub-stream: numbers, the bank, its usage chart
     assert all((tmp_path / "single" / name).read_bytes() == content for name, content in diagnostics.items())
     assert outputs(tmp_path / "two") == outputs(tmp_path / "single")
     assert (tmp_path / "two" / "seed0" / "state.stream1-of-2.pt").is_file()

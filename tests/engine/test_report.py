@@ -99,7 +99,7 @@ def test_plots_bars_per_set_streams_of_online_runs_and_memory_usage(tmp_path):
                                                  "Y": [records(right(3, 10), right(4, 10))] * 2}, online=True)
     diagnostics = {"entries_retrieved": 7, "key_cosine_mean": 0.25}
     (mint / "seed0" / "X" / "diagnostics.json").write_text(json.dumps(diagnostics))
-    bar_chart_png(torch.tensor([5.0, 3.0, 1.0]), mint / "seed0" / "X" / "usage.png", "usage")
+    bar_chart_png(torch.tensor([5.0, 3.0, 1.0]), mint / "seed0" / "X" / "diagnostics_usage.png", "usage")
     zero = write_run(tmp_path / "zero", "zero", {"X": [records(right(5, 10), right(4, 10))]})
     report = report_runs([mint, zero], tmp_path / "report", block=5)
     written = sorted(p.name for p in (tmp_path / "report").iterdir())
@@ -118,7 +118,7 @@ def test_memory_diagnostics_of_sub_streams_have_a_row_each(tmp_path):
     mint = write_run(tmp_path / "mint", "mint", {"X": [records(right(6, 10), right(4, 10))]}, online=True)
     for k, retrieved in enumerate((5, 9)):
         (mint / "seed0" / "X" / f"diagnostics.stream{k}-of-2.json").write_text(json.dumps({"entries_retrieved": retrieved}))
-        bar_chart_png(torch.tensor([5.0, 3.0]), mint / "seed0" / "X" / f"usage.stream{k}-of-2.png", "usage")
+        bar_chart_png(torch.tensor([5.0, 3.0]), mint / "seed0" / "X" / f"diagnostics_usage.stream{k}-of-2.png", "usage")
     report = report_runs([mint], tmp_path / "report")
     assert "| X (stream0-of-2) | 5 |\n| X (stream1-of-2) | 9 |" in report
     assert (tmp_path / "report" / "usage_mint_X.stream1-of-2.png").is_file()

@@ -305,7 +305,7 @@ def test_the_seed_command_line_runs_mint_by_default(tree, checkpoint, tmp_path):
     config = json.loads((out / "config.json").read_text())["method"]
     assert config["name"] == "mint" and config["hyper_parameters"]["coop"] == str(coop)
     assert f"CoOp context from {coop}" in (out / "summary.md").read_text()
-    assert (out / "seed0" / "folder" / "usage.png").is_file() and (out / "seed0" / "folder" / "memory.safetensors").is_file()
+    assert (out / "seed0" / "folder" / "diagnostics_usage.png").is_file() and (out / "seed0" / "folder" / "diagnostics.safetensors").is_file()
 
 
 def test_the_same_command_gives_byte_identical_records_on_cpu(tree, checkpoint, tmp_path):
@@ -336,7 +336,7 @@ def test_a_non_finite_loss_skips_the_update_counts_it_and_poisons_nothing(tree, 
     assert all("top5" in r for r in records)
     from safetensors.torch import load_file
 
-    bank = load_file(str(tmp_path / "out" / "seed0" / "folder" / "memory.safetensors"))
+    bank = load_file(str(tmp_path / "out" / "seed0" / "folder" / "diagnostics.safetensors"))
     assert all(t.isfinite().all() for t in bank.values())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import pkgutil
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -23,7 +24,6 @@ from torch import Tensor
 from ..data import TestSet
 from ..model import CLIP
 
-METHOD_MODULES = ("zeroshot", "tpt", "ctpt", "zero", "mta", "mint", "tda", "dynaprompt")  # mintclip.adapt.<module>, each registers itself
 _REGISTRY: dict[str, type[Method]] = {}
 
 
@@ -44,6 +44,16 @@ class Prediction:
 
 
 @dataclasses.dataclass
+class Diagnostics:
+    """A method's account of its state at the end of a set, saved beside the records and shown by the
+    report as it is, whatever the method: a row of numbers, bar charts, and the state's tensors."""
+
+    numbers: dict[str, int | float] = dataclasses.field(default_factory=dict)  # diagnostics.json
+    bars: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # 1-D each, drawn as diagnostics_<name>.png
+    tensors: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # diagnostics.safetensors
+
+
+@dataclasses.dataclass
 class _Tally:
     """What one `predict` call noticed on the way, for the default `predict_batch` to return."""
 
@@ -58,6 +68,9 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     source: ClassVar[str] = ""  # where the defaults come from: official code file or paper
     calibrated: ClassVar[bool] = True  # softmax of the logits is a probability, so ECE means something
+    # the config overrides that select the official code's order of work (mintclip.reference), where a
+    # method's own path reorders it: the same numbers by more work, timed against it by `mintclip bench`
+    reference_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -113,10 +126,9 @@ class Method(ABC):
         """Lines for the run's summary: choices a reader of the results must know (e.g. the prompt's start)."""
         return []
 
-    def diagnostics(self) -> dict[str, Any]:
-        """At the end of a set: {"numbers": {...}, "bars": {name: 1-D tensor}, "tensors": {name: tensor}},
-        which the engine saves beside the records (JSON, PNG bar charts, safetensors)."""
-        return {}
+    def diagnostics(self) -> Diagnostics:
+        """At the end of a set of an online method: what its state holds (e.g. MINT's bank usage)."""
+        return Diagnostics()
 
     def state_dict(self) -> dict[str, Any]:
         """Online state (bank, buffer, cache) for resume; empty for episodic methods."""
@@ -154,13 +166,20 @@ def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.Ab
 
 
 def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: the method becomes available by its `name`, which no other method may have."""
+    known = _REGISTRY.get(cls.name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"two methods are named {cls.name!r}: {known.__module__}.{known.__qualname__} and "
+                         f"{cls.__module__}.{cls.__qualname__}")
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def available_methods() -> dict[str, type[Method]]:
-    for module in METHOD_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
+    """Every registered method by name: each module of this package is imported, and registers its own."""
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{__package__}.{module.name}")
     return dict(_REGISTRY)
 
 

@@ -27,20 +27,18 @@ import dataclasses
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import TestSet
 from ..model import CLIP
-from .base import Method, register
+from .base import Diagnostics, Method, register
 from .losses import entropy, marginal_entropy, most_confident
+from ..reference.text import padded_class_features
 from .prompts import PromptTuningConfig, context_words, prompt_learner
 
 REFERENCE_SLOTS = 12  # run_dynap.sh num_p=12
 PAPER_SLOTS = 10  # the paper's buffer size (methods.md §4.4 item 1; DynaPrompt issue #3)
 
-
-# -- the text side: every buffered prompt's class texts in one pass -----------------------------------
 
 # -- scores and selection: pure functions of the per-prompt scores ------------------------------------
 
@@ -304,6 +302,7 @@ class DynaPrompt(Method):
     n_views = 64
     Config = DynaPromptConfig
     source = "zzzx1224/DynaPrompt@acd33cf dynap_classification.py, clip/custom_clip_lessctx.py, run_dynap.sh"
+    reference_overrides = {"reference_order": True}
     config: DynaPromptConfig
 
     def __init__(self, config: DynaPromptConfig | None = None) -> None:
@@ -342,22 +341,12 @@ class DynaPrompt(Method):
     # -- the pieces, each usable alone ---------------------------------------------------------------
 
     def slot_logits(self, residuals: Tensor, image_features: Tensor) -> Tensor:
-        """Residuals (R, n_ctx, W), image features (V, D) -> fp32 logits (V, R, C), with grad to residuals."""
-        learner = self.learner
-        contexts = residuals + learner.ctx_start  # the code's self.ctx + self.init_ctx
-        prefixes = torch.cat([learner.sos.expand(len(contexts), -1, -1), contexts.to(learner.sos.dtype)], dim=1)
-        n_prefix, n_classes = prefixes.shape[1], len(learner.suffix)
+        """Residuals (R, n_ctx, W), image features (V, D) -> fp32 logits (V, R, C), with grad to residuals:
+        every slot's class texts in one pass of the text encoder (`reference_order`: R x C prompts of 77
+        tokens, as custom_clip_lessctx.py builds them)."""
+        contexts = residuals + self.learner.ctx_start  # the code's self.ctx + self.init_ctx
         with self.autocast():
-            if self.config.reference_order:  # R x C prompts of 77 tokens, as custom_clip_lessctx.py builds them
-                prompts = torch.cat([prefixes.repeat_interleave(n_classes, 0), learner.padded_suffix.repeat(
-                    len(prefixes), 1, 1)], dim=1)  # (R * C, 77, W), row r * C + c
-                features = self.model.text.encode_embeddings(prompts, learner.eot_index.repeat(len(prefixes)),
-                                                             length=prompts.shape[1]).unflatten(0, (-1, n_classes))
-            else:
-                features = self.model.text.encode_shared_prefix(prefixes, learner.suffix,
-                                                                learner.eot_index - n_prefix,
-                                                                length=learner.length - n_prefix)  # (R, C, D)
-        text = F.normalize(features.float(), dim=-1)  # (R, C, D)
+            text = padded_class_features(self.learner, contexts) if self.config.reference_order else self.learner(contexts)
         scale = self.model.logit_scale.detach().float().exp()
         return (scale * image_features.float() @ text.flatten(0, 1).t()).unflatten(1, text.shape[:2])
 
@@ -457,11 +446,11 @@ class DynaPrompt(Method):
         }[cfg.reset_state]
         return [variant, reset]
 
-    def diagnostics(self) -> dict[str, Any]:
+    def diagnostics(self) -> Diagnostics:
         if self.buffer is None or not self._stats["samples"]:
-            return {}
+            return Diagnostics()
         stats = self._stats
-        return {"numbers": {"samples": stats["samples"], "mean_selected_prompts": stats["selected"] / stats["samples"],
+        return Diagnostics({"samples": stats["samples"], "mean_selected_prompts": stats["selected"] / stats["samples"],
                             "prompts_restarted_or_deleted": stats["restarted"], "prompts_appended": stats["appended"],
                             "slots_in_use": int((self.buffer.use > 0).sum())},
-                "bars": {"slot_use": self.buffer.use.float().cpu()}}
+                           bars={"slot_use": self.buffer.use.float().cpu()})

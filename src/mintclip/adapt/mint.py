@@ -16,8 +16,8 @@ the selected views' entropies are near zero, as it would between two GPUs:
 * at step 1 a no-grad prompted pass over all views ranks them; gradients then flow only through the
   selected views' prompted pass, since only they enter the entropy. Retrieval, the counters and the key
   term still cover every view at every step, as in the code.
-`fast=False` runs the code's order (every view with gradients, the query pass every forward): the
-oracle of the tests and the yardstick of the benchmark.
+`fast=False` runs the code's order (`mintclip.reference.mint`: every view with gradients, the query pass
+every forward): the oracle of the tests and the yardstick of the benchmark.
 Precision: the code runs fp16 autocast with GradScaler(1000); here bf16 autocast on GPU (fp32 on CPU)
 with fp32 distances, logits and entropy, and no scaler.
 """
@@ -32,8 +32,9 @@ from torch import Tensor
 
 from ..data import TestSet
 from ..model import CLIP
-from .base import Method, register
+from .base import Diagnostics, Method, register
 from .losses import marginal_entropy, select_confident_views
+from ..reference import mint as reference_mint
 from .memory import MemoryPromptBank
 from .prompts import PromptTuningConfig, prompt_learner
 
@@ -60,7 +61,7 @@ class MINTConfig(PromptTuningConfig):
     # the code keeps bank and counters across the sets of a run; or "per-set"
     reset_memory: Literal["never", "per-set"] = "never"
     bank_seed: int = 0
-    fast: bool = True
+    fast: bool = True  # False: the code's order of work (mintclip.reference.mint), the oracle and yardstick
 
 
 def _layers(spec: str) -> list[int]:
@@ -79,6 +80,7 @@ class MINT(Method):
     n_views = 64
     Config = MINTConfig
     source = "Jamieyi2004/MINT@b02acc7 models/mint.py, models/mpb.py, models/tta.py, main.py, utils/args.py"
+    reference_overrides = {"fast": False}
     config: MINTConfig
 
     def __init__(self, config: MINTConfig | None = None) -> None:
@@ -182,31 +184,27 @@ class MINT(Method):
 
     # -- one test image --------------------------------------------------------------------------------
 
-    def adapt(self, views: Tensor) -> Tensor | None:
-        """Reset the text context and AdamW, then `steps` steps on the views (V, 3, H, W). Returns the
-        prompt-free queries (V, Q, W) of the fast path, which view 0's prediction reuses, or None when the
-        code's order (`fast=False`) computes them anew at every forward."""
-        cfg = self.config
+    def fresh_optimizer(self) -> torch.optim.AdamW:
+        """Reset the text context (episodic) and start AdamW afresh over it and the bank (online)."""
         self.learner.reset()
-        params = [self.learner.ctx] + ([] if cfg.memory == "none" else [self.bank.keys, self.bank.values])
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        queries = self.queries(views) if cfg.fast else None
+        params = [self.learner.ctx] + ([] if self.config.memory == "none" else [self.bank.keys, self.bank.values])
+        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def adapt(self, views: Tensor) -> Tensor:
+        """`steps` AdamW steps on the views (V, 3, H, W); returns their prompt-free queries (V, Q, W), which
+        view 0's prediction reuses. Retrieval, the counters and the key term cover every view at every
+        step; gradients flow only through the views selected at step 1, the only ones in the entropy."""
+        optimizer = self.fresh_optimizer()
+        queries = self.queries(views)  # the frozen encoder without prompts: the same at every step
         selected = None
         with torch.enable_grad():
-            for _ in range(cfg.steps):
-                step_queries = queries if cfg.fast else self.queries(views)
-                index, distance = self.retrieve(step_queries, tuning=True)
+            for _ in range(self.config.steps):
+                index, distance = self.retrieve(queries, tuning=True)
                 text = self.text_features()
-                if not cfg.fast:
-                    logits = self.logits(self.image_features(views, index), text)
-                    selected = self.select(logits.detach()) if selected is None else selected
-                    logits = logits[selected]
-                else:
-                    if selected is None:
-                        with torch.no_grad():
-                            ranking = self.logits(self.image_features(views, index), text)
-                        selected = self.select(ranking)
-                    logits = self.logits(self.image_features(views[selected], index[selected]), text)
+                if selected is None:
+                    with torch.no_grad():
+                        selected = self.select(self.logits(self.image_features(views, index), text))
+                logits = self.logits(self.image_features(views[selected], index[selected]), text)
                 loss = self.loss(logits, distance)
                 optimizer.zero_grad()
                 loss.backward()
@@ -214,26 +212,31 @@ class MINT(Method):
         return queries
 
     def predict(self, views: Tensor) -> Tensor:
+        if not self.config.fast:
+            return reference_mint.predict(self, views)
         queries = self.adapt(views)
-        with torch.no_grad():
-            queries = self.queries(views[:1]) if queries is None else queries[:1]
-            index, _ = self.retrieve(queries, tuning=False)
-            logits = self.logits(self.image_features(views[:1], index), self.text_features())[0]
+        return self.classify(views[:1], queries[:1])
+
+    @torch.no_grad()
+    def classify(self, view0: Tensor, queries: Tensor) -> Tensor:
+        """View 0 (1, 3, H, W) with its queries (1, Q, W): a fresh retrieval (counted as a test selection,
+        no warm-up re-weighting) and the tuned context -> logits (C,); then the context is reset."""
+        index, _ = self.retrieve(queries, tuning=False)
+        logits = self.logits(self.image_features(view0, index), self.text_features())[0]
         self.learner.reset()
         return logits
 
-    def diagnostics(self) -> dict[str, Any]:
+    def diagnostics(self) -> Diagnostics:
         """Usage and spread of the bank: entries ever retrieved, the usage histogram, pairwise key cosines."""
         if self.bank is None or self.config.memory != "bank":
-            return {}
+            return Diagnostics()
         counts = (self.bank.train_counts + self.bank.test_counts).cpu()
         keys = torch.nn.functional.normalize(self.bank.keys.detach().float()[0], dim=-1).cpu()
         cosine = keys @ keys.T
         off_diagonal = cosine[~torch.eye(len(keys), dtype=torch.bool)]
-        return {
-            "numbers": {"entries_retrieved": int((counts > 0).sum()), "bank_size": len(counts),
-                        "selections": int(counts.sum()), "key_cosine_mean": float(off_diagonal.mean()),
-                        "key_cosine_std": float(off_diagonal.std()), "key_cosine_max": float(off_diagonal.max())},
-            "bars": {"usage": counts.sort(descending=True).values},
-            "tensors": {k: v.detach().cpu().contiguous() for k, v in self.bank.state_dict().items()},
-        }
+        return Diagnostics(
+            numbers={"entries_retrieved": int((counts > 0).sum()), "bank_size": len(counts),
+                     "selections": int(counts.sum()), "key_cosine_mean": float(off_diagonal.mean()),
+                     "key_cosine_std": float(off_diagonal.std()), "key_cosine_max": float(off_diagonal.max())},
+            bars={"usage": counts.sort(descending=True).values},
+            tensors={k: v.detach().cpu().contiguous() for k, v in self.bank.state_dict().items()})

@@ -133,7 +133,7 @@ class TextPromptLearner(nn.Module):
         self.length = int(self.eot_index.max()) + 1  # the exact cut: nothing after the longest EOT matters
         self.register_buffer("sos", embeddings[0, :1].clone())  # (1, W)
         self.register_buffer("suffix", embeddings[:, 1 + n_ctx:self.length].clone())  # (C, L - 1 - n_ctx, W)
-        self.register_buffer("padded_suffix", embeddings[:, 1 + n_ctx:].clone())  # the 77-token reference path
+        self.register_buffer("padded_suffix", embeddings[:, 1 + n_ctx:].clone())  # mintclip.reference.text
         self.register_buffer("ctx_start", start.detach().clone())
         self.ctx = nn.Parameter(start.detach().clone())
 
@@ -153,10 +153,4 @@ class TextPromptLearner(nn.Module):
         n_prefix = 1 + self.n_ctx
         features = self.model.text.encode_shared_prefix(self.prefix(ctx), self.suffix, self.eot_index - n_prefix,
                                                         length=self.length - n_prefix)
-        return F.normalize(features.float(), dim=-1)
-
-    def forward_padded(self) -> Tensor:
-        """The reference code's way: every class prompt padded to 77 tokens. Same numbers, ~18x the work."""
-        prompts = torch.cat([self.prefix().expand(len(self.suffix), -1, -1), self.padded_suffix], dim=1)
-        features = self.model.text.encode_embeddings(prompts, self.eot_index, length=prompts.shape[1])
         return F.normalize(features.float(), dim=-1)

@@ -65,7 +65,7 @@ from torch import Tensor
 
 from ..data import TestSet
 from ..model import CLIP
-from .base import MethodConfig, register
+from .base import Diagnostics, MethodConfig, register
 from .losses import entropy, marginal_entropy, select_confident_views
 from .zeroshot import FixedPromptMethod, Templates
 
@@ -360,10 +360,10 @@ class TDA(FixedPromptMethod):
                                  f"{name}_capacity is {capacity}")
         self.positive, self.negative, self.classes = positive, negative, classes
 
-    def diagnostics(self) -> dict[str, Any]:
+    def diagnostics(self) -> Diagnostics:
         if self.positive is None:
-            return {}
-        return {"numbers": {"positive_entries": int(self.positive.valid.sum()),
+            return Diagnostics()
+        return Diagnostics({"positive_entries": int(self.positive.valid.sum()),
                             "positive_classes": int(self.positive.valid.any(-1).sum()),
                             "negative_entries": int(self.negative.valid.sum()),
-                            "negative_classes": int(self.negative.valid.any(-1).sum())}}
+                            "negative_classes": int(self.negative.valid.any(-1).sum())})

@@ -32,6 +32,7 @@ from ..data import TestSet
 from ..model import CLIP
 from .base import Method, Prediction, register
 from .losses import marginal_entropy, select_confident_views
+from ..reference import tpt as reference_tpt
 from .prompts import PromptTuningConfig, prompt_learner
 
 
@@ -41,8 +42,9 @@ class TPTConfig(PromptTuningConfig):
     # not in the reference: build the step-1 text graph once per set and reuse it (exact, performance.md
     # §3 item 5); it holds that graph's activations between images. False: a fresh forward per image
     reuse_step0_graph: bool = True
-    # the official code's order of work, for benchmarks and as an oracle: every class prompt padded to 77
-    # tokens, the views re-encoded at every step and view 0 again to predict; the same numbers, more work
+    # the official code's order of work (mintclip.reference.tpt), for benchmarks and as an oracle: every
+    # class prompt padded to 77 tokens, the views re-encoded at every step and view 0 again to predict;
+    # the same numbers, more work
     reference_order: bool = False
 
 
@@ -52,6 +54,7 @@ class TPT(Method):
     n_views = 64  # tpt_classification.py -b 64: the original and 63 augmented views
     Config = TPTConfig
     source = "azshue/TPT@63ecbac tpt_classification.py, clip/custom_clip.py, scripts/test_tpt.sh"
+    reference_overrides = {"reference_order": True}
     config: TPTConfig
 
     def setup(self, model: CLIP, test_set: TestSet) -> None:
@@ -85,40 +88,59 @@ class TPT(Method):
         self.learner.reset()
 
     def adapt(self, image_features: Tensor) -> Tensor:
-        """Reset the context, then `steps` AdamW steps on the views' features (V, D); returns the views
-        selected at step 1, reused at every later step. The tuned context stays in `self.learner.ctx`."""
-        cfg = self.config
+        """Reset the context, then tune it on the views' features (V, D); returns the views selected at
+        step 1. The tuned context stays in `self.learner.ctx`."""
         self.reset()
-        ctx = self.learner.ctx
+        return self.tune(image_features, self.learner.ctx)[0]
+
+    def adapt_batch(self, image_features: Tensor) -> Tensor | None:
+        """`adapt` for B images, image_features (B, V, D) -> their tuned contexts (B, n_ctx, W), or None if
+        a gradient was non-finite. Each image's loss reaches only its own row, and a fresh AdamW per image
+        with one shared step count is elementwise, so one AdamW over the B rows is B separate ones."""
+        ctx = self.learner.ctx_start.expand(len(image_features), -1, -1).clone().requires_grad_(True)
+        return None if self.tune(image_features, ctx) is None else ctx.detach()
+
+    def tune(self, image_features: Tensor, ctx: Tensor) -> list[Tensor] | None:
+        """TPT's algorithm on one image (features (V, D), context (n_ctx, W)) or on B at once ((B, V, D),
+        (B, n_ctx, W)): pick the most confident views at step 1, then `steps` AdamW steps on their
+        marginal entropy, the context stepped in place. Returns each image's selected views, or None as
+        soon as a batch meets a non-finite gradient: that image's step would be skipped and the images'
+        AdamW step counts would part, so the caller takes them one at a time instead."""
+        cfg = self.config
+        batched = ctx.ndim == 3
         # a fresh AdamW per image is the reference's optimizer.load_state_dict(initial state)
         optimizer = torch.optim.AdamW([ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        selected: Tensor | None = None
+        selected: list[Tensor] | None = None
         with torch.enable_grad():
             for step in range(cfg.steps):
-                if step == 0 and cfg.reuse_step0_graph:
+                shared = step == 0 and cfg.reuse_step0_graph
+                if shared:  # every image starts from the same context: the set's cached graph serves all
                     start, graph = self._step0_graph()
-                    text = graph.detach().requires_grad_(True)
+                    text = graph.detach().expand(*ctx.shape[:-2], -1, -1).clone().requires_grad_(True)
                 else:
-                    text = self.text_features()
-                logits = self.logits(image_features, text)
+                    text = self.text_features(ctx)  # (C, D) or (B, C, D)
+                logits = self.logits(image_features, text)  # (V, C) or (B, V, C)
+                per_image = list(zip(logits, text)) if batched else [(logits, text)]
                 if selected is None:
-                    selected = self.select(logits.detach())
-                loss = self.objective(logits[selected], text)
-                if step == 0 and cfg.reuse_step0_graph:
+                    selected = [self.select(view_logits.detach()) for view_logits, _ in per_image]
+                loss = sum(self.objective(view_logits[views], classes)
+                           for (view_logits, classes), views in zip(per_image, selected))
+                if shared:  # batched: row b of the cotangent comes from image b's loss alone
                     text_grad, = torch.autograd.grad(loss, text)
-                    grad, = torch.autograd.grad(graph, start, text_grad, retain_graph=True)
+                    grad, = torch.autograd.grad(graph, start, text_grad, retain_graph=True, is_grads_batched=batched)
                 else:
                     grad, = torch.autograd.grad(loss, ctx)
+                if batched and not bool(torch.isfinite(grad).all()):
+                    return None
                 ctx.grad = grad
                 self.guarded_step(optimizer)
                 ctx.grad = None
-        if selected is None:  # steps == 0
-            selected = torch.arange(0, device=image_features.device)
-        return selected
+        empty = torch.arange(0, device=image_features.device)  # steps == 0: nothing selected
+        return selected if selected is not None else [empty] * (len(image_features) if batched else 1)
 
     def predict(self, views: Tensor) -> Tensor:
         if self.config.reference_order:
-            return self.predict_in_reference_order(views)
+            return reference_tpt.predict(self, views)
         image_features = self.encode_views(views)
         self.adapt(image_features)
         with torch.no_grad():
@@ -139,61 +161,6 @@ class TPT(Method):
         with torch.no_grad():
             logits = self.logits(image_features[:, :1], self.text_features(ctx))[:, 0]  # (B, C)
         return Prediction(logits, [0] * len(views), image_features[:, 0])
-
-    def adapt_batch(self, image_features: Tensor) -> Tensor | None:
-        """`adapt` for B images, image_features (B, V, D) -> their tuned contexts (B, n_ctx, W), or None as
-        soon as any image's gradient is non-finite (its step would be skipped and the images' AdamW step
-        counts would part). Each image's loss reaches only its own row, and a fresh AdamW per image with
-        one shared step count is elementwise, so one AdamW over the B rows is B separate ones."""
-        cfg = self.config
-        n_images = image_features.shape[0]
-        ctx = self.learner.ctx_start.expand(n_images, -1, -1).clone().requires_grad_(True)  # (B, n_ctx, W)
-        optimizer = torch.optim.AdamW([ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        selected: list[Tensor] | None = None
-        with torch.enable_grad():
-            for step in range(cfg.steps):
-                shared = step == 0 and cfg.reuse_step0_graph
-                if shared:  # every image starts from the same context: one cached graph serves all
-                    start, graph = self._step0_graph()
-                    text = graph.detach().expand(n_images, -1, -1).clone().requires_grad_(True)  # (B, C, D)
-                else:
-                    text = self.text_features(ctx)  # (B, C, D)
-                logits = self.logits(image_features, text)  # (B, V, C)
-                if selected is None:
-                    selected = [self.select(row) for row in logits.detach()]
-                loss = sum(self.objective(logits[b, selected[b]], text[b]) for b in range(n_images))
-                if shared:
-                    text_grad, = torch.autograd.grad(loss, text)  # (B, C, D), row b from image b's loss alone
-                    grad, = torch.autograd.grad(graph, start, text_grad, retain_graph=True, is_grads_batched=True)
-                else:
-                    grad, = torch.autograd.grad(loss, ctx)  # (B, n_ctx, W)
-                if not bool(torch.isfinite(grad).all()):
-                    return None
-                ctx.grad = grad
-                optimizer.step()
-        return ctx.detach()
-
-    def predict_in_reference_order(self, views: Tensor) -> Tensor:
-        """tpt_classification.py's order: test_time_tuning re-encodes the views in every step's forward,
-        the text runs over 77 tokens per class, and the prediction encodes view 0 again."""
-        cfg = self.config
-        self.reset()
-        optimizer = torch.optim.AdamW([self.learner.ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        selected = None
-        with torch.enable_grad():
-            for _ in range(cfg.steps):
-                with self.autocast():
-                    text = self.learner.forward_padded()
-                logits = self.logits(self.encode_views(views), text)
-                selected = self.select(logits.detach()) if selected is None else selected
-                loss = self.objective(logits[selected], text)
-                optimizer.zero_grad()
-                loss.backward()
-                self.guarded_step(optimizer)
-        with torch.no_grad(), self.autocast():
-            logits = self.logits(self.encode_views(views[:1]), self.learner.forward_padded())[0]
-        self.reset()
-        return logits
 
     def _step0_graph(self) -> tuple[Tensor, Tensor]:
         """The text features of the starting context with their graph, built once per set: the context

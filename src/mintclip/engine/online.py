@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..adapt.base import build_method
+from ..adapt.base import Diagnostics, build_method
 from ..data import TestSet, set_label
 from .config import Prepared, RunConfig, RunError, stream_order
 from .distributed import OnlineStream, merge_shards, sub_stream_suffix, suffixed
@@ -104,12 +104,13 @@ def draw_stream(method: str, set_id: str, streams: dict[str, list[dict]], path: 
                    f"{method} on {set_id}: top-1 (%) per block of 200 images", "stream position")
 
 
-def save_diagnostics(diagnostics: dict[str, Any], folder: Path, title: str, suffix: str = "") -> None:
-    """A method's end-of-set diagnostics: numbers as JSON, bars as PNG, tensors as safetensors; `suffix`
-    names a sub-stream's files (diagnostics.stream0-of-4.json)."""
-    if diagnostics.get("numbers"):
-        atomic_write_json(folder / f"diagnostics{suffix}.json", diagnostics["numbers"])
-    for name, values in diagnostics.get("bars", {}).items():
-        bar_chart_png(values, folder / f"{name}{suffix}.png", f"{title}: {name}")
-    if diagnostics.get("tensors"):
-        save_file(diagnostics["tensors"], str(folder / f"memory{suffix}.safetensors"))
+def save_diagnostics(diagnostics: Diagnostics, folder: Path, title: str, suffix: str = "") -> None:
+    """A method's end-of-set diagnostics: numbers as diagnostics.json, each bar chart as
+    diagnostics_<name>.png, the tensors as diagnostics.safetensors; `suffix` names a sub-stream's files
+    (diagnostics.stream0-of-4.json)."""
+    if diagnostics.numbers:
+        atomic_write_json(folder / f"diagnostics{suffix}.json", diagnostics.numbers)
+    for name, values in diagnostics.bars.items():
+        bar_chart_png(values, folder / f"diagnostics_{name}{suffix}.png", f"{title}: {name}")
+    if diagnostics.tensors:
+        save_file(diagnostics.tensors, str(folder / f"diagnostics{suffix}.safetensors"))

@@ -10,7 +10,7 @@ numbers under two names would only raise the question which one is right, and it
 name was other data (their config.json's data fingerprints differ) get a column each, so they are never
 averaged together, and a run's gains pair only its own records. ECE is reported only for methods whose
 scores are probabilities (`Method.calibrated`). Beside the tables: a bar chart of top-1, top-1 along the
-stream of online runs, and the memory diagnostics of runs that keep them (MINT).
+stream of online runs, and the diagnostics of the runs whose methods keep them, drawn as the method gave them.
 """
 
 from __future__ import annotations
@@ -335,10 +335,12 @@ def zeroshot_reference(runs: list[Run]) -> tuple[dict[str, list[SetMetrics]], li
     return reference, disagree
 
 
-def memory_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
-    """Per run that keeps diagnostics (MINT's bank), its first seed's numbers per set (per sub-stream when
-    it ran with --online-shards), and its usage histograms copied into the report as
-    usage_<run>_<set>.png; returns (Markdown, files written)."""
+
+
+def diagnostics_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
+    """Per run whose method kept diagnostics (MINT's bank, DynaPrompt's buffer, TDA's caches), its first
+    seed's numbers per set (per sub-stream when it ran with --online-shards), and its bar charts copied
+    into the report as <chart>_<run>_<set>.png; returns (Markdown, files written)."""
     blocks: list[str] = []
     files: list[str] = []
     for run in runs:
@@ -349,9 +351,11 @@ def memory_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
                 stream = path.stem.removeprefix("diagnostics")  # '' or '.stream0-of-2'
                 row = f"{s} ({stream[1:]})" if stream else s
                 numbers[row] = json.loads(path.read_text())
-                if (first_seed / name / f"usage{stream}.png").is_file():
-                    files.append(f"usage_{file_part(run.label)}_{file_part(s)}{stream}.png")
-                    shutil.copyfile(first_seed / name / f"usage{stream}.png", out / files[-1])
+                for chart in sorted((first_seed / name).glob(f"diagnostics_*{stream}.png")):
+                    chart_name = chart.name.removeprefix("diagnostics_").removesuffix(f"{stream}.png")
+                    if "." not in chart_name:  # not another sub-stream's
+                        files.append(f"{chart_name}_{file_part(run.label)}_{file_part(s)}{stream}.png")
+                        shutil.copyfile(chart, out / files[-1])
         if not numbers:
             continue
         keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
@@ -360,7 +364,7 @@ def memory_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
             values = [f"{n[k]:.4f}" if isinstance(n.get(k), float) else str(n.get(k, "-")) for k in keys]
             lines.append(f"| {row} | " + " | ".join(values) + " |")
         blocks.append("\n".join(lines) + "\n")
-    return ("## Memory diagnostics (first seed)\n\n" + "\n".join(blocks) if blocks else ""), files
+    return ("## Diagnostics (first seed)\n\n" + "\n".join(blocks) if blocks else ""), files
 
 
 def accuracy_chart(results: dict[str, dict[str, list[SetMetrics]]], sets: list[str], path: Path) -> None:
@@ -390,7 +394,7 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap
     out.mkdir(parents=True, exist_ok=True)
     accuracy, accuracy_csv = results_table(results, sets)
     gain, gain_csv = gains_table(gains, sets)
-    memory, usage_files = memory_section(runs, out)
+    diagnostics, chart_files = diagnostics_section(runs, out)
     accuracy_chart(results, sets, out / "accuracy.png")
     files = ["summary.md", "summary.csv", "gains.csv", "accuracy.png"]
     for s in sets:
@@ -412,8 +416,8 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap
         "Per sample, the run's correctness averaged over its seeds minus that of zero-shot CLIP on the same image "
         "(the records' `zeroshot`); the average column resamples each set on its own. **Bold**: the interval "
         f"excludes 0.\n\n{gain}{note}",
-        memory,
-        "## Files\n\n" + "".join(f"- {name}\n" for name in [*files, *usage_files]),
+        diagnostics,
+        "## Files\n\n" + "".join(f"- {name}\n" for name in [*files, *chart_files]),
     ]
     markdown = "\n".join(section for section in sections if section)
     (out / "summary.md").write_text(markdown)
