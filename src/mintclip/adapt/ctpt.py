@@ -1,7 +1,7 @@
 """C-TPT: calibrated test-time prompt tuning (Yoon et al., ICLR'24), reference `hee-suk-yoon/C-TPT@085e6c2`.
 
 TPT with one more term: loss = marginal entropy - λ · ATFD, where ATFD (average text feature dispersion)
-is the mean distance of the L2-normalised class text features from their centroid (methods.md §8).
+is the mean distance of the L2-normalised class text features from their centroid (docs/methods.md § C-TPT).
 Spreading the class features apart lowers the calibration error that entropy minimisation raises.
 Everything else (views, selection, AdamW, steps, view-0 prediction, the exact savings) is TPT's.
 """
@@ -58,8 +58,8 @@ class CTPT(TPT):
     def notes(self) -> list[str]:
         if self.config.lam is not None:
             return [f"C-TPT: lambda {self.config.lam:g} for every set"]
-        return [f"C-TPT: lambda {NATURAL_SHIFT_LAMBDA:g} for ImageNet, its shifts and user sets, {CROSS_DOMAIN_LAMBDA:g} "
-                "for the cross-domain sets (set it with --hp lam=)"]
+        return [f"C-TPT: lambda {NATURAL_SHIFT_LAMBDA:g} for ImageNet, its shifts and user sets, "
+                f"{CROSS_DOMAIN_LAMBDA:g} for the cross-domain sets (set it with --hp lam=)"]
 
     def objective(self, logits: Tensor, text_features: Tensor) -> Tensor:
         return marginal_entropy(logits) - self.lam() * atfd(text_features)

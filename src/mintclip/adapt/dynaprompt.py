@@ -3,12 +3,14 @@
 An online buffer of learnable text prompts. For each test image the prompts are scored on its views
 (prediction entropy, "probability difference"), a few are selected, tuned by one AdamW step on the
 marginal entropy of the most confident views, and the image is classified with the selected prompts'
-averaged logits. New prompts start at "a photo of a"; inactive ones are deleted (methods.md §4).
+averaged logits. New prompts start at "a photo of a"; inactive ones are deleted (docs/methods.md
+§ DynaPrompt).
 
 Two variants (`Config.variant`):
 * `reference` (default): what `dynap_classification.py` and `clip/custom_clip_lessctx.py` do under
   `run_dynap.sh`, quirks included (listed on `DynaPrompt`);
-* `paper`: the method as the paper describes it (methods.md §4.4), the reading documented on `DynaPrompt`.
+* `paper`: the method as the paper describes it (docs/methods.md § DynaPrompt), the reading
+  documented on `DynaPrompt`.
 
 Exact savings over the reference, none of which changes the result: the frozen image encoder runs once
 per image (the reference encodes the 64 views again for every forward and view 0 again to predict); the
@@ -37,7 +39,7 @@ from ..reference.text import padded_class_features
 from .prompts import PromptTuningConfig, context_words, prompt_learner
 
 REFERENCE_SLOTS = 12  # run_dynap.sh num_p=12
-PAPER_SLOTS = 10  # the paper's buffer size (methods.md §4.4 item 1; DynaPrompt issue #3)
+PAPER_SLOTS = 10  # the paper's buffer size (docs/methods.md § DynaPrompt, paper and code item 1; issue #3)
 
 
 # -- scores and selection: pure functions of the per-prompt scores ------------------------------------
@@ -47,9 +49,9 @@ def slot_scores(logits: Tensor, difference: str = "max-logit") -> tuple[Tensor, 
 
     entropy: each view's prediction entropy, averaged over all V views (view 0 included), as the code.
     difference "max-logit" (reference, `test_time_tuning`'s plpd): view 0's largest logit minus each
-    augmented view's own largest logit, averaged over the V - 1 augmented views. "probability" (paper,
-    methods.md §4.4 item 5): the softmax probability of the class predicted on view 0, view 0's minus
-    each augmented view's, averaged likewise.
+    augmented view's own largest logit, averaged over the V - 1 augmented views. "probability" (paper;
+    docs/methods.md § DynaPrompt, paper and code item 5): the softmax probability of the class
+    predicted on view 0, view 0's minus each augmented view's, averaged likewise.
     """
     logits = logits.float()
     ent = entropy(logits).mean(0)
@@ -224,7 +226,7 @@ class DynaPromptConfig(PromptTuningConfig):
     # 0.01), selection_p=0.1 (6 of 64 views, at least 1 here), bs=64, one step per sample
     # "reference": the official code's behaviour, quirks included; "paper": the paper's description
     variant: Literal["reference", "paper"] = "reference"
-    # prompt slots; None: 12 for reference (run_dynap.sh num_p=12), 10 for paper (methods.md §4.4 item 1)
+    # prompt slots; None: 12 for reference (run_dynap.sh num_p=12), 10 for paper (docs/methods.md § DynaPrompt)
     num_p: int | None = None
     # at each set's start: "per-set" a fresh buffer; "code" the official code's multi-set run
     # (model.reset() zeroes every prompt, ctx_order and ctx_use carry over); "none" everything carries
@@ -247,16 +249,16 @@ class DynaPrompt(Method):
     3. `ctx_order` is a recency queue (least recently selected first) and `ctx_use` counts selections.
     4. Before scoring a sample, if no slot has use 0, the slot at the head of the queue is zeroed and its
        count set to 0; it stays at the head. Once every slot has been used this happens on every sample:
-       a prompt is deleted and a fresh one appended each time (§4.4 items 2 and 6: by recency).
+       a prompt is deleted and a fresh one appended each time (items 2 and 6 below: by recency).
     5. The head of the queue is the "init" slot; it is always selected (listed last), even when other
        slots qualify. During warm-up it is the first never-selected slot.
     6. Scores: entropy averaged over all views (view 0 included); "probability difference" = view 0's
-       largest logit (x100 scale) minus each augmented view's own largest logit, averaged (§4.4 item 5).
+       largest logit (x100 scale) minus each augmented view's own largest logit, averaged (item 5 below).
     7. Candidates: slots ranked after the init slot by entropy (descending; if the init is ranked last,
        the init itself), intersected with the first r slots by difference, r being the init slot's rank
-       in the ENTROPY order (§4.4 item 3).
-    8. The sorted candidate slot ids index the entropy order as positions (`ent_order[alllist]`, §4.4
-       item 4);
+       in the ENTROPY order (item 3 below).
+    8. The sorted candidate slot ids index the entropy order as positions (`ent_order[alllist]`, item 4
+       below);
        so the init slot itself can be selected a second time, and then counts twice in the view
        selection, the loss, the use count and the prediction average.
     9. Queue update: each selected slot in turn is moved to the end (init last); use += 1 per listing.
@@ -280,19 +282,19 @@ class DynaPrompt(Method):
     orders equal scores by slot id, lower first, the same on every device (for reproducibility across
     machines); during warm-up it puts the init slot (the lowest unused id) first among the fresh ones.
 
-    (§: methods.md; issues: zzzx1224/DynaPrompt.)
+    (Items below: docs/methods.md § DynaPrompt, "Paper and code"; issues: zzzx1224/DynaPrompt.)
 
-    `variant="paper"`, this module's reading of the paper as methods.md §4.4 and issue #1 describe it:
+    `variant="paper"`, this module's reading of the paper (docs/methods.md § DynaPrompt, and issue #1):
     * a buffer of up to 10 prompts; the initial prompt v0 ("a photo of a") is scored every sample as the
       reference point but does not occupy a slot;
     * selected: the buffered prompts with lower entropy AND larger probability difference than v0
       (Eq. 3 and 5, thresholds from v0, issue #1), not the code's rank cutoff; no index quirk;
-    * the probability difference is on softmax probabilities of the class predicted on view 0 (§4.4
-      item 5); the entropy is averaged over all views, as in the code;
+    * the probability difference is on softmax probabilities of the class predicted on view 0 (item
+      5); the entropy is averaged over all views, as in the code;
     * if none qualifies, a new prompt starting at v0 is appended (into the first unused slot), deleting
-      the least recently selected prompt when the buffer is full (§4.4 item 6 reads the paper's "inactive"
+      the least recently selected prompt when the buffer is full (item 6 reads the paper's "inactive"
       as possibly by frequency; the authors call the queue head "the most inactive prompt" in issue #1,
-      so recency is kept); if some qualify, nothing is appended and v0 is not added (§4.4 item 2);
+      so recency is kept); if some qualify, nothing is appended and v0 is not added (item 2);
     * only the selected (or new) prompts are tuned, weight decay included; views, loss and the logit
       average for prediction are as in the code.
     """
@@ -346,7 +348,10 @@ class DynaPrompt(Method):
         tokens, as custom_clip_lessctx.py builds them)."""
         contexts = residuals + self.learner.ctx_start  # the code's self.ctx + self.init_ctx
         with self.autocast():
-            text = padded_class_features(self.learner, contexts) if self.config.reference_order else self.learner(contexts)
+            if self.config.reference_order:
+                text = padded_class_features(self.learner, contexts)  # (R, C, D)
+            else:
+                text = self.learner(contexts)  # (R, C, D)
         scale = self.model.logit_scale.detach().float().exp()
         return (scale * image_features.float() @ text.flatten(0, 1).t()).unflatten(1, text.shape[:2])
 

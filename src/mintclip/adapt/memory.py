@@ -2,7 +2,7 @@
 
 Official code: `Jamieyi2004/MINT@b02acc7` models/mpb.py (the bank) and models/mint.py (`similarity`,
 `solve_selected_prompt`, `getPrompts`). The code keeps 12 groups of 512 separate Parameters and uses
-group 0 only; here one tensor holds each set that is used (methods.md §2.2). With AdamW reset every
+group 0 only; here one tensor holds each set that is used (docs/methods.md § MINT). With AdamW reset every
 sample this is the same update: every entry of group 0 receives a gradient (zero where not retrieved)
 through the code's `torch.stack`, so weight decay reaches all of them, and Adam moves an entry only
 once its gradient has been non-zero.
@@ -41,7 +41,7 @@ class MemoryPromptBank(nn.Module):
 
         Distance is 1 - cos. reweight (tuning forwards only): while 0 < total count <= N * B, distances
         are multiplied by each entry's share of past selections, so never-used entries (distance 0) win:
-        the code's warm-up, which cycles through the bank before similarity takes over (§2.5).
+        the code's warm-up, which cycles through the bank before similarity takes over (docs/methods.md § MINT).
         """
         q = F.normalize(queries.float(), dim=-1)  # (B, Q, D)
         k = F.normalize(self.keys.float(), dim=-1)  # (key_sets, N, D)

@@ -1,5 +1,5 @@
 """MINT: Memory-Infused Prompt Tuning at test time (arXiv 2506.03190), official code `Jamieyi2004/MINT@b02acc7`
-(models/mint.py, models/tta.py, main.py, utils/args.py; methods.md §2).
+(models/mint.py, models/tta.py, main.py, utils/args.py; docs/methods.md § MINT).
 
 Per test image: a prompt-free pass gives the residual-stream CLS after blocks 3, 7, 11 (the queries);
 each query retrieves its top-2 entries of the Memory Prompt Bank; the 6 values, averaged, form the
@@ -8,9 +8,9 @@ associative prompt, whose token 0 is an extra key and token 1 an extra value at 
 steps on `marginal entropy of the 6 most confident views - 0.2 * mean_views sum_6 distances`. The
 prediction classifies view 0 with the tuned context and a fresh retrieval without warm-up re-weighting.
 
-Exact fast path (`fast=True`; issue "MINT" item 7): the same computation in another order, so only float
-rounding differs (1.7e-5 on logits in the tests); Adam can magnify such rounding into whole steps when
-the selected views' entropies are near zero, as it would between two GPUs:
+Exact fast path (`fast=True`; docs/performance.md § Image side): the same computation in another
+order, so only float rounding differs (1.7e-5 on logits in the tests); Adam can magnify such rounding
+into whole steps when the selected views' entropies are near zero, as it would between two GPUs:
 * the queries come from the frozen encoder without prompts, so the query pass runs once per image
   (the code repeats it every forward) and view 0's queries serve the prediction;
 * at step 1 a no-grad prompted pass over all views ranks them; gradients then flow only through the

@@ -3,7 +3,8 @@
 The learnable prompt of TPT, C-TPT, MINT and DynaPrompt is `[SOS][ctx x n_ctx][class tokens][.][EOT]`
 (TPT `clip/custom_clip.py` PromptLearner, class token at the end). Every class shares SOS and the
 context, so `TextPromptLearner` runs that prefix once and each class only its own suffix, cut at the
-longest EOT: exact (performance.md §2.2); on ImageNet's 1000 names 13,005 text tokens instead of 77,000.
+longest EOT: exact (docs/performance.md § Text side: EOT truncation and the shared prefix); on ImageNet's
+1000 names 13,005 text tokens instead of 77,000.
 """
 
 from __future__ import annotations

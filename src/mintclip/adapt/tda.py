@@ -11,8 +11,8 @@ should not pick.
 Faithful to kdiAAA/TDA `tda_runner.py` (`update_cache`, `compute_cache_logits`, `run_test_tda`),
 `utils.py` (`get_clip_logits`, `get_entropy`, `avg_entropy`, `get_ood_preprocess`) and `configs/*.yaml`:
 
-* Text: per-set templates (`datasets/*.py`; methods.md §10.4), each class the normalised mean of its
-  normalised template embeddings (`clip_weights`).
+* Text: per-set templates (`datasets/*.py`; docs/methods.md § Prompt templates), each class the
+  normalised mean of its normalised template embeddings (`clip_weights`).
 * Views (`build_test_data_loader`): for A/V/R/K (TDA's A/V/R/S) 64 views, the original and 63 AugMix views
   (`get_ood_preprocess`). The int(64 * 0.1) = 6 lowest-entropy views are kept. The image feature is the
   MEAN of their normalised features and is not normalised again. The logits are the mean of their logits.
@@ -73,13 +73,14 @@ OOD_VIEWS = 64  # utils.py get_ood_preprocess: the original + AugMixAugmenter(n_
 SELECTION = 0.1  # utils.py get_clip_logits: int(V * 0.1) lowest-entropy views, 6 of 64
 
 # Positive cache (alpha, beta) per mintclip set id, from TDA's configs/<name>.yaml positive.alpha/beta
-# (methods.md §7). Sets TDA has no config for (a user's 'folder' or 'csv') take DEFAULT_POSITIVE.
-# *: that yaml was missing from the copy of the repository read; the value is the spec's table.
+# (docs/methods.md § TDA). Sets TDA has no config for (a user's 'folder' or 'csv') take DEFAULT_POSITIVE.
+# *: the copy of the repository read holds no such yaml (configs/ lacks imagenet_a, imagenet_r and
+# sun397); the value is the one the research notes give
 POSITIVE_PER_SET = {
     "I": (2.0, 5.0),  # imagenet.yaml
-    "A": (2.0, 5.0),  # imagenet_a.yaml (via methods.md §7*)
+    "A": (2.0, 5.0),  # imagenet_a.yaml *
     "V": (1.0, 8.0),  # imagenet_v.yaml
-    "R": (1.0, 8.0),  # imagenet_r.yaml (via methods.md §7*)
+    "R": (1.0, 8.0),  # imagenet_r.yaml *
     "K": (2.363, 7.45),  # imagenet_s.yaml
     "Caltech101": (5.0, 5.0),  # caltech101.yaml
     "DTD": (2.0, 3.0),  # dtd.yaml
@@ -89,7 +90,7 @@ POSITIVE_PER_SET = {
     "Flower102": (1.0, 5.0),  # oxford_flowers.yaml
     "Pets": (2.0, 7.0),  # oxford_pets.yaml
     "Cars": (1.0, 7.0),  # stanford_cars.yaml
-    "SUN397": (2.0, 3.0),  # sun397.yaml (via methods.md §7*)
+    "SUN397": (2.0, 3.0),  # sun397.yaml *
     "UCF101": (3.0, 8.0),  # ucf101.yaml
 }
 DEFAULT_POSITIVE = POSITIVE_PER_SET["I"]  # an unknown set: ImageNet's values

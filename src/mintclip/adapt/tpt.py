@@ -2,9 +2,9 @@
 
 Per test image (episodic): reset the learnable context and the optimiser, take `steps` AdamW steps on
 the marginal entropy of the most confident views (chosen at step 1, reused after), then classify view 0
-alone with the tuned prompt (methods.md §1.4, §1.5, §3).
+alone with the tuned prompt (docs/methods.md § TPT).
 
-Exact savings over the reference (performance.md §2.3, §3 item 5), none of which changes the result:
+Exact savings over the reference (docs/performance.md § Image side), none of which changes the result:
 * the image encoder is frozen and TPT's image features do not depend on the prompt, so the views are
   encoded once per image (the reference re-encodes them every step and view 0 again to predict);
 * class prompts go through `TextPromptLearner`'s EOT-truncated, shared-prefix path;
@@ -39,8 +39,8 @@ from .prompts import PromptTuningConfig, prompt_learner
 @dataclasses.dataclass
 class TPTConfig(PromptTuningConfig):
     # every prompt-tuning default (n_ctx, ctx_init, coop, lr, weight_decay, steps, selection, n_views) is TPT's
-    # not in the reference: build the step-1 text graph once per set and reuse it (exact, performance.md
-    # §3 item 5); it holds that graph's activations between images. False: a fresh forward per image
+    # not in the reference: build the step-1 text graph once per set and reuse it (exact, docs/performance.md
+    # § Image side); it holds that graph's activations between images. False: a fresh forward per image
     reuse_step0_graph: bool = True
     # the official code's order of work (mintclip.reference.tpt), for benchmarks and as an oracle: every
     # class prompt padded to 77 tokens, the views re-encoded at every step and view 0 again to predict;

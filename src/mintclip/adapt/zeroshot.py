@@ -2,8 +2,9 @@
 
 `zeroshot` uses the single prompt "a photo of a {}." of TPT, MINT, C-TPT and DynaPrompt (azshue/TPT
 `clip/custom_clip.py`, `--ctx_init a_photo_of_a`). `ensemble` averages CLIP's 80 ImageNet templates,
-the "Ensemble" row of the TPT and MINT tables (methods.md §10.4). Both are fixed classifiers: the text
-side is encoded once per set, and a prediction is `logit_scale.exp() * cos(view 0, class)` in fp32.
+the "Ensemble" row of the TPT and MINT tables (docs/methods.md § Prompt templates). Both are fixed
+classifiers: the text side is encoded once per set, and a prediction is `logit_scale.exp() * cos(view 0,
+class)` in fp32.
 """
 
 from __future__ import annotations

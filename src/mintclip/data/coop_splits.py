@@ -1,5 +1,5 @@
 """The ten cross-domain sets, read from CoOp's `split_zhou_<Name>.json` test lists (Aircraft from FGVC's
-own files), in every folder layout the reference repositories use (methods.md §10.3).
+own files), in every folder layout the reference repositories use (docs/datasets.md § Cross-domain sets).
 
 Labels and class names come from the split file itself: each entry is `[relative path, label, class
 name]`. Underscores in class names become spaces, as TPT's prompt learner does before tokenising.

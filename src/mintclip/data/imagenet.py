@@ -17,7 +17,8 @@ from .templates import imagenet_assets
 WNID = re.compile(r"^n\d{8}$")
 INDEX = re.compile(r"^\d{1,4}$")
 
-# Where each reference repository expects each set, relative to the data root (methods.md §10.1).
+# Where each reference repository expects each set, relative to the data root (docs/datasets.md
+# § ImageNet and its shifts).
 LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
     "I": (("ImageNet/val", "TPT, MTA"), ("imagenet/images/val", "DynaPrompt, TDA"), ("imagenet/val", "ZERO"),
           ("imagenet", "MINT"), ("ImageNet", "MINT")),

@@ -1,5 +1,6 @@
 """Prompt templates: CLIP's 80 ImageNet templates, the 7 "simple" ones, TPT's single prompt, and the
-per-dataset choice of TDA's code (methods.md §10.4), which is what `TestSet.templates` holds."""
+per-dataset choice of TDA's code (docs/methods.md § Prompt templates), which is what
+`TestSet.templates` holds."""
 
 from __future__ import annotations
 

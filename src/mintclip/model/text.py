@@ -1,7 +1,8 @@
 """CLIP's causal text transformer, encodable from embeddings so that learned contexts can replace words.
 
-Two exact savings (performance.md §2.2). Only the EOT token is pooled and attention is causal, so tokens
-after the batch's longest EOT never matter: sequences are cut there. And when every class prompt starts
+Two exact savings (docs/performance.md § Text side: EOT truncation and the shared prefix). Only the
+EOT token is pooled and attention is causal, so tokens after the batch's longest EOT never matter:
+sequences are cut there. And when every class prompt starts
 with the same tokens (SOS + a learned context), their hidden states are identical for all classes:
 `encode_shared_prefix` computes them once and lets each class run only its own suffix.
 """
