@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import mintclip
 from mintclip.cli import main
-from tests.conftest import tiny_clip
+from tests.helpers import tiny_clip
 
 
 def test_info_describes_a_checkpoint(tmp_path, capsys):

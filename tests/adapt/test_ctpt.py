@@ -12,7 +12,7 @@ from mintclip.adapt.losses import marginal_entropy
 from mintclip.adapt.tpt import TPT, TPTConfig
 from mintclip.data import TestSet
 from mintclip.reference.text import padded_class_features
-from tests.adapt.test_tpt import CLASSES, frozen_clip, random_views
+from tests.helpers import CLASSES, frozen_clip, random_views
 
 
 def make_ctpt(model, set_id="A", **overrides):

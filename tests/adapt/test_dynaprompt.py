@@ -13,19 +13,7 @@ from mintclip.adapt.dynaprompt import (DynaPrompt, DynaPromptConfig, PromptBuffe
                                        reference_selection, slot_scores)
 from mintclip.model import Tokenizer
 from mintclip.data import TestSet
-from tests.conftest import IMAGE_SIZE, tiny_clip
-
-CLASSES = ["goldfish", "Mexican hairless dog (xoloitzcuintli)", "great white shark", "jay", "tabby cat"]
-
-
-def frozen_clip():
-    model = tiny_clip().requires_grad_(False)
-    model.logit_scale.fill_(math.log(100.0))  # a trained CLIP's temperature
-    return model
-
-
-def random_views(n=16, seed=3):
-    return torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+from tests.helpers import CLASSES, frozen_clip, random_views
 
 
 def make(model, set_id="I", **overrides):

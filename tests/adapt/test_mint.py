@@ -7,7 +7,6 @@ The tiny ViT has 3 blocks, so the query layers are 0,1,2 (the official 3,7,11 on
 layers x top-2 = 6 retrieved entries per view, as in the code.
 """
 
-import math
 from copy import deepcopy
 
 import numpy as np
@@ -24,23 +23,11 @@ from mintclip.cli import main
 from mintclip.engine.records import read_records
 from mintclip.model import Tokenizer
 from mintclip.data import TestSet
-from tests.conftest import IMAGE_SIZE, tiny_clip
-from tests.data.test_catalog import make_coop_set
-from tests.engine.test_run import comparable, kill_part_way
+from tests.helpers import CLASSES, comparable, frozen_clip, kill_part_way, make_coop_set, random_views, tiny_clip
 
-CLASSES = ["goldfish", "Mexican hairless dog (xoloitzcuintli)", "great white shark", "jay", "tabby cat"]
+
 OTHER_CLASSES = ["banded", "zigzagged", "porous"]
 TINY = {"query_layers": "0,1,2", "n_views": 16, "selection": 0.25, "precision": "fp32"}
-
-
-def frozen_clip(temperature=100.0):
-    model = tiny_clip().requires_grad_(False)
-    model.logit_scale.fill_(math.log(temperature))  # a trained CLIP's 100: sharp, realistic entropies
-    return model
-
-
-def random_views(n=16, seed=3):
-    return torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
 
 
 def make_mint(model, classes=CLASSES, set_id="I", **overrides):

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from mintclip.adapt import build_method
 from mintclip.adapt.mta import iterate, solve_mta
 from mintclip.data import TestSet
-from tests.conftest import tiny_clip
+from tests.helpers import tiny_clip
+
 
 CLASSES = ["goldfish", "great white shark", "jay", "tabby cat"]
 

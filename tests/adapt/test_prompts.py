@@ -5,7 +5,8 @@ import torch
 from mintclip.adapt.losses import marginal_entropy, select_confident_views
 from mintclip.adapt.prompts import TextPromptLearner, encode_class_prompts, load_coop_context
 from mintclip.reference.text import padded_class_features
-from tests.conftest import tiny_clip
+from tests.helpers import tiny_clip
+
 
 CLASSES = ["goldfish", "Mexican hairless dog (xoloitzcuintli)", "great white shark", "jay"]
 

@@ -12,7 +12,8 @@ from mintclip.adapt import build_method
 from mintclip.adapt.losses import entropy, marginal_entropy
 from mintclip.adapt.tda import ClassSlots, Observation
 from mintclip.data import TestSet
-from tests.conftest import IMAGE_SIZE, tiny_clip
+from tests.helpers import IMAGE_SIZE, tiny_clip
+
 
 CLASSES = ["goldfish", "great white shark", "jay", "tabby cat"]
 

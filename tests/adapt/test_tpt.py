@@ -1,7 +1,6 @@
 """TPT: one step against an independent transcription of the reference algorithm, episodic resets, the
 step-1 selection reused, CoOp start, the other orders of work, and building by name."""
 
-import math
 
 import pytest
 import torch
@@ -10,19 +9,7 @@ from mintclip.adapt import build_method
 from mintclip.adapt.tpt import TPT, TPTConfig
 from mintclip.model import Tokenizer
 from mintclip.data import TestSet
-from tests.conftest import IMAGE_SIZE, tiny_clip
-
-CLASSES = ["goldfish", "Mexican hairless dog (xoloitzcuintli)", "great white shark", "jay", "tabby cat"]
-
-
-def frozen_clip():
-    model = tiny_clip().requires_grad_(False)
-    model.logit_scale.fill_(math.log(100.0))  # a trained CLIP's temperature: sharp, realistic entropies
-    return model
-
-
-def random_views(n=16, seed=3):
-    return torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+from tests.helpers import CLASSES, frozen_clip, random_views
 
 
 def make_tpt(model, set_id="I", **overrides):

@@ -8,7 +8,8 @@ from mintclip.adapt import build_method
 from mintclip.adapt.prompts import get_tokenizer
 from mintclip.data import templates
 from mintclip.data import TestSet
-from tests.conftest import tiny_clip
+from tests.helpers import tiny_clip
+
 
 CLASSES = ["goldfish", "great_white_shark", "jay", "tabby cat"]
 

@@ -1,29 +1,17 @@
 """Every layout of every set, built tiny in tmp; every wrong tree fails loudly before any image is read."""
 
-import json
 
 import pytest
-from PIL import Image
 
 from mintclip.data import TestSet
 from mintclip.data.catalog import DatasetError, check_data, open_dataset, resolve_set_id, set_label
 from mintclip.data.imagenet import LAYOUTS
 from mintclip.data.templates import imagenet_assets
+from tests.helpers import make_coop_set, make_tree, write_image
+
 
 ASSETS = imagenet_assets()
 WNIDS, NAMES = ASSETS["wnids"], ASSETS["classnames"]
-
-
-def write_image(path, color=(120, 30, 200)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 6), color).save(path)
-
-
-def make_tree(root, folders, per_class=1):
-    for folder in folders:
-        for i in range(per_class):
-            write_image(root / folder / f"img_{i}.jpg")
-    return root
 
 
 def test_label_space_assets():
@@ -103,19 +91,6 @@ def test_missing_unknown_and_empty_classes_and_stray_files(tmp_path):
     ds = open_dataset(tmp_path / "inner", "A")
     assert len(ds) == 200 and ds.skipped_files == [tmp_path / "inner" / "imagenet-a" / a_wnids[3] / "notes.txt"]
     assert ds.mapping_preview(1) == f"classes: {a_wnids[0]} -> stingray, ... (200)"
-
-
-def make_coop_set(folder, classes, split_name, image_dir, per_class=2, split_dir=None):
-    test = []
-    for label, name in enumerate(classes):
-        for i in range(per_class):
-            rel = f"{name}/{name}_{i}.jpg"
-            write_image(folder / image_dir / rel)
-            test.append([rel, label, name])
-    split_dir = split_dir or folder
-    split_dir.mkdir(parents=True, exist_ok=True)
-    (split_dir / f"split_zhou_{split_name}.json").write_text(json.dumps({"train": [], "val": [], "test": test}))
-    return test
 
 
 def test_cross_domain_set_in_coop_layout(tmp_path):

@@ -2,9 +2,7 @@
 
 import io
 import os
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -12,19 +10,10 @@ from PIL import Image, ImageFile
 
 from mintclip.data import decode
 from mintclip.data.decode import MAX_PIXELS, DecodeError, _to_rgb, load_image
+from tests.helpers import write_png
+
 
 PALETTE = [10, 20, 30, 200, 100, 50, 0, 255, 0]
-
-
-def write_png(path, width, height, bit_depth, color_type, pixels=None):
-    """A PNG written by hand: Pillow cannot write 16-bit RGB, and a header can claim any size cheaply."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    rows = b"" if pixels is None else b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-                     + chunk(b"IEND", b""))
-    return path
 
 
 def blocks(width=64, height=32, size=16):

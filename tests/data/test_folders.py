@@ -10,8 +10,7 @@ from mintclip.data.catalog import check_data, open_dataset
 from mintclip.data.decode import DecodeError, image_format
 from mintclip.data.folders import DatasetError
 from mintclip.data.loader import stream_images
-from tests.data.test_catalog import make_tree, write_image
-from tests.data.test_decode import write_png
+from tests.helpers import make_tree, write_image, write_png
 
 
 def one_line_error(root, set_id, **kwargs) -> str:

@@ -4,7 +4,7 @@ import torch
 
 from mintclip.data.catalog import open_dataset
 from mintclip.data.loader import min_side_for, stream_images
-from tests.data.test_catalog import make_tree
+from tests.helpers import make_tree
 
 
 def test_stream_skips_a_truncated_image_and_goes_on(tmp_path):

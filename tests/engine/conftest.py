@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import mintclip
-from tests.conftest import tiny_clip
+from tests.helpers import tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 
 from mintclip.cli import main
 from mintclip.engine.records import read_records
-from tests.engine.test_run import random_images, run_args
+from tests.helpers import random_images, run_args
+
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from mintclip.cli import main
 from mintclip.engine.records import read_records
-from tests.engine.test_run import random_images
+from tests.helpers import random_images
+
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import pytest
 from mintclip.cli import main
 from mintclip.engine.records import RecordWriter
 from mintclip.engine.report import report_runs
-from tests.engine.test_run import ROOT, random_images, run_args
+from tests.helpers import ROOT, random_images, run_args
 
 
 @pytest.fixture(scope="module")

@@ -1,44 +1,23 @@
 """`mintclip run` end to end on a tiny model and tiny generated image trees: records, summary, resume."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from mintclip.adapt import available_methods
 from mintclip.cli import main, original_main
 from mintclip.engine.records import read_records
 from mintclip.engine.run import cxx_compiler
-from tests.data.test_catalog import make_coop_set
 from tests.engine.online_toy import RunningMeanMethod
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def random_images(folder: Path, classes: list[str], per_class: int, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for name in classes:
-        for i in range(per_class):
-            (folder / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / name / f"{i}.png")
-    return folder
+from tests.helpers import ROOT, comparable, kill_part_way, make_coop_set, random_images, run_args
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     return random_images(tmp_path_factory.mktemp("data") / "tree", ["cat", "dog", "fox"], per_class=4)
-
-
-def run_args(root, checkpoint, out, method, *extra):
-    return ["run", str(root), "--test_sets", "folder", "--method", method, "--weights", str(checkpoint),
-            "--out", str(out), "--workers", "0", "--no-progress", *extra]
 
 
 TINY_MODEL_HP = {"mint": ["query_layers=0,1,2", "bank_size=16"]}  # the tiny ViT has 3 blocks
@@ -60,27 +39,6 @@ def test_every_method_runs_end_to_end(method, tree, checkpoint, tmp_path, capsys
     assert f"| {method} |" in (out / "summary.md").read_text()
     assert "top1" in (out / "summary.csv").read_text()
     assert f"| {method} |" in capsys.readouterr().out
-
-
-def comparable(out: Path) -> dict:
-    """Everything a run wrote that must not depend on being interrupted (times excluded)."""
-    records = {str(p.relative_to(out)): read_records(p)
-               for p in sorted(out.glob("seed*/*/records.jsonl"))}
-    return {"records": records, "summary": (out / "summary.csv").read_text()}
-
-
-def kill_part_way(args: list[str], records: Path, at_least: int, prelude: str = "") -> None:
-    code = f"{prelude}import sys; from mintclip.cli import main; sys.exit(main(sys.argv[1:]))"
-    process = subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if records.is_file() and records.read_bytes().count(b"\n") >= at_least:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the run ended before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, checkpoint):

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import mintclip
 from mintclip.model import CheckpointError, factory
-from tests.conftest import IMAGE_SIZE, tiny_clip
+from tests.helpers import IMAGE_SIZE, tiny_clip
 
 
 @pytest.fixture(scope="module")

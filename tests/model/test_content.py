@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 import mintclip
 from mintclip.model import CheckpointError, DeviceError, check_device, checkpoints
-from tests.conftest import IMAGE_SIZE, tiny_clip
+from tests.helpers import IMAGE_SIZE, tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 import mintclip
 from mintclip.model import CheckpointError, locate_weights
-from tests.conftest import tiny_clip
+from tests.helpers import tiny_clip
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ import torch
 
 from mintclip.adapt.prompts import TextPromptLearner
 from mintclip.reference.text import padded_class_features
-from tests.conftest import tiny_clip
+from tests.helpers import tiny_clip
+
 
 CLASSES = ["tench", "goldfish", "great white shark", "hammerhead shark"]
 
