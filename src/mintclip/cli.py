@@ -290,6 +290,25 @@ def _shiftbench_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shiftbench_check(args: argparse.Namespace) -> int:
+    import json
+
+    from .model import load_clip
+    from .shiftbench.check import format_checks, run_checks, to_dict
+    from .shiftbench.render import SHIFTED
+    from .shiftbench.train import shipped_checkpoint
+
+    domains = args.domains.split("/") if args.domains else list(SHIFTED)
+    if unknown := sorted(set(domains) - set(SHIFTED)):
+        raise UsageError(f"unknown domain(s) {', '.join(unknown)}: use some of {'/'.join(SHIFTED)}")
+    model, _ = load_clip(args.weights or str(shipped_checkpoint()))
+    checks = run_checks(model, args.per_class, tuple(domains))
+    print(format_checks(checks))
+    if args.json:
+        Path(args.json).write_text(json.dumps(to_dict(checks), indent=1))
+    return 0
+
+
 def _shiftbench_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -377,7 +396,7 @@ def _populate_shiftbench(shiftbench: argparse.ArgumentParser) -> None:
 
     train_defaults = TrainConfig()
     tasks = shiftbench.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=LazyParser,
-                                      help="render or train")
+                                      help="render, check or train")
     render = tasks.add_parser("render", help="write the domains as ImageFolder trees (read with --test_sets "
                                              "folder:sketch/folder:rendition/...)")
     render.add_argument("out", help="the folder to write the trees into")
@@ -386,6 +405,13 @@ def _populate_shiftbench(shiftbench: argparse.ArgumentParser) -> None:
     render.add_argument("--seed", type=non_negative_int, default=1, help="1 and above are held out; training renders 0")
     render.add_argument("--size", type=positive_int, default=96, help="image side in pixels")
     render.set_defaults(handler=_shiftbench_render)
+    check = tasks.add_parser("check", help="can prompts matter on this model? prompt sensitivity, a supervised "
+                                           "bound, ZERO's vote and TPT's flips per shifted domain")
+    check.add_argument("--weights", help="another shiftbench CLIP (default: the shipped one)")
+    check.add_argument("--per-class", type=positive_int, default=10, help="held-out images per class and domain")
+    check.add_argument("--domains", help="e.g. sketch/rendition (default: the four shifted domains)")
+    check.add_argument("--json", help="also write the figures and verdicts here")
+    check.set_defaults(handler=_shiftbench_check)
     trainer = tasks.add_parser("train", help="train the tiny CLIP on the source style (reproduces the shipped one)")
     trainer.add_argument("--out", default="shiftbench_vit_tiny.safetensors", help="the checkpoint to write")
     trainer.add_argument("--steps", type=positive_int, default=train_defaults.steps, help="optimiser steps")

@@ -12,7 +12,7 @@ def test_a_reduced_demo_runs_every_method_on_every_domain(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--samples", "3", "--per-class", "1", "--no-progress"]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    printed, logged = capsys.readouterr()
     runs = out / "samples-3"  # a demo of every image writes to out itself
     table = (runs / "report" / "summary.md").read_text()
     assert f"| method | {' | '.join(SHIFTED)} | average |" in table
@@ -22,6 +22,9 @@ def test_a_reduced_demo_runs_every_method_on_every_domain(tmp_path, capsys):
             records = read_records(runs / method / "seed0" / domain / "records.jsonl")
             assert len(records) == 3 and all("top5" in r for r in records)
     assert (runs / "report" / "accuracy.png").is_file()
+    # whether prompts can matter on the model at all: the figures in the report, the verdicts in the output
+    assert "## Can prompts matter on this model?" in table and "| sketch | 20 |" in table
+    assert "check PASS: prompt sensitivity" in logged or "check FAIL: prompt sensitivity" in logged
     assert json.loads((out / "data" / "shiftbench.json").read_text())["per_class"] == 1
 
     before = {p: p.read_bytes() for p in runs.glob("*/seed0/*/records.jsonl")}

@@ -1,5 +1,6 @@
 """`mintclip demo`: every method on every shifted domain of shiftbench, through the same engine as
-`mintclip run` (records, resume, summary), then `mintclip report` over the runs.
+`mintclip run` (records, resume, summary), then `mintclip report` over the runs, and the checks of
+whether prompts can matter on the model at all (check.py).
 
 Nothing is downloaded: the images are rendered on the spot (deterministic, a few seconds) and the tiny
 CLIP trained on the source style ships with the package.
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from ..engine import RunConfig, RunError, run
 from ..engine.report import report_runs
+from ..model import load_clip
+from .check import format_checks, run_checks, verdict_lines
 from .render import CLASSES, SHIFTED, write_domains
 from .train import DATA_SIZE, shipped_checkpoint
 
@@ -77,5 +80,22 @@ def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
                       limit=config.samples, resume=True, progress=config.progress))
         log(f"  {method}: {time.perf_counter() - started:.0f} s")
     markdown = report_runs([runs / method for method in config.methods], runs / "report")
+    checks = prompt_checks(weights, config.per_class, config.device, log)
+    (runs / "report" / "summary.md").write_text(f"{markdown}\n{checks}")
     log(f"done in {time.perf_counter() - began:.0f} s")
-    return markdown
+    return f"{markdown}\n{checks}"
+
+
+def prompt_checks(weights: str, per_class: int, device: str, log: Callable[[str], None]) -> str:
+    """`mintclip shiftbench check` on view 0 (prompt sensitivity, the supervised bound): whether this model
+    lets prompts matter at all. A failure is said in the demo's output, since then a prompt-tuning
+    method's gain of zero says nothing about the method."""
+    model, _ = load_clip(weights, device=device)
+    checks = run_checks(model, per_class, views=False)
+    lines = verdict_lines(checks)
+    for line in lines:
+        log(f"  check {line[2:]}")
+    if any(line.startswith("- FAIL") for line in lines):
+        log("  a check failed: on this model prompts barely matter, so prompt-tuning results here do not judge the "
+            "methods (mintclip shiftbench check gives all the figures)")
+    return "## Can prompts matter on this model? (mintclip shiftbench check, view 0)\n\n" + format_checks(checks) + "\n"
