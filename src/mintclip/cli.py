@@ -260,7 +260,8 @@ def _bench(args: argparse.Namespace) -> int:
               + (", mintclip's image encoder under torch.compile" if args.compile else ""))
     print(format_table(results, header))
     if args.json:
-        open(args.json, "w").write(to_json(results, {k: v for k, v in vars(args).items() if k != "handler"}))
+        settings = {k: v for k, v in vars(args).items() if k != "handler"}
+        open(args.json, "w").write(to_json(results, {**settings, "device_name": name}))
     return 0
 
 
