@@ -100,7 +100,9 @@ def compare(a: Path, b: Path) -> int:
     for name in RUNS:
         left = sorted((a / "runs" / name).glob("seed*/*/records.jsonl"))
         right = sorted((b / "runs" / name).glob("seed*/*/records.jsonl"))
-        if not left:
+        if not left or not right:
+            if left or right:
+                print(f"{name}: in one folder only")
             continue
         names = [p.relative_to(a) for p in left]
         same = names == [p.relative_to(b) for p in right] and all(

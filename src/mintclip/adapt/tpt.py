@@ -130,10 +130,13 @@ class TPT(Method):
                     grad, = torch.autograd.grad(graph, start, text_grad, retain_graph=True, is_grads_batched=batched)
                 else:
                     grad, = torch.autograd.grad(loss, ctx)
-                if batched and not bool(torch.isfinite(grad).all()):
-                    return None
                 ctx.grad = grad
-                self.guarded_step(optimizer)
+                if not batched:
+                    self.guarded_step(optimizer)
+                elif bool(torch.isfinite(grad).all()):  # one host sync per step, as guarded_step's
+                    optimizer.step()
+                else:
+                    return None
                 ctx.grad = None
         empty = torch.arange(0, device=image_features.device)  # steps == 0: nothing selected
         return selected if selected is not None else [empty] * (len(image_features) if batched else 1)
