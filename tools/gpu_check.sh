@@ -18,7 +18,7 @@ out="${1:-gpu_check}"
 common="--arch ViT-B/16 --classes 1000 --views 64 --images 3 --warmup 1 --gpu 0"
 steps=(
   "python -m pytest -q -m cuda tests/test_cuda.py"
-  "python -m mintclip.cli bench --method zeroshot,tpt,ctpt,zero,mta,mint,tda,dynaprompt $common --json $out/eager.json"
+  "python -m mintclip.cli bench --method zeroshot,tpt,ctpt,zero,mta,mint,tda,dynaprompt $common --breakdown --json $out/eager.json"
   "python -m mintclip.cli bench --method zeroshot,tpt,zero,mta,mint $common --compile --json $out/compile.json"
   "python -m mintclip.cli bench --method tpt,ctpt,zero,mta $common --batch-images 8 --json $out/batch8.json"
   "python tools/bench_table.py $out/eager.json $out/compile.json $out/batch8.json --out $out/bench.md"

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from .adapt import available_methods, build_method
-from .data import TestSet
+from .breakdown import PhaseClock
+from .data import TestSet, ViewMaker
 from .model import CLIP, CLIPConfig, Preprocess, TextConfig, VisionConfig
 
 # name: (image size, patch, vision width, blocks, heads, text width, blocks, heads, embed dim)
@@ -54,6 +55,8 @@ class Timing:
     threads: int
     batch_images: int = 1  # test images per call: predict_batch when above 1
     compiled: bool = False  # the image encoder under torch.compile (mintclip's path only)
+    phases_ms: dict[str, float] | None = None  # --breakdown: ms per image by phase, views made and timed too
+    tokens: dict[str, float] | None = None  # --breakdown: image and text tokens encoded per image
 
 
 def build_clip(arch: str, device: str) -> CLIP:
@@ -85,10 +88,13 @@ def _maxrss_mib() -> float:
 
 
 def time_method(method_name: str, path: str, arch: str, classes: int, views: int, images: int, warmup: int,
-                device: str, precision: str, batch_images: int = 1, compile_encoder: bool = False) -> Timing:
+                device: str, precision: str, batch_images: int = 1, compile_encoder: bool = False,
+                breakdown: bool = False) -> Timing:
     """In this process: build the model and the method, then run warm-up and timed images, `batch_images`
     per call for an episodic method (images and warmup rounded up to whole calls), one for an online one.
-    `compile_encoder`: mintclip's path runs the image encoder under torch.compile (compiled in warm-up)."""
+    `compile_encoder`: mintclip's path runs the image encoder under torch.compile (compiled in warm-up).
+    `breakdown`: the views are made from a random 500x375 image per test image, and each phase of the
+    timed images is timed on its own (breakdown.py)."""
     reference = available_methods()[method_name].reference_overrides if path == "reference" else {}
     method = build_method(method_name, {"precision": precision, **reference})  # MINT: query_layers auto
     if hasattr(method.config, "n_views"):
@@ -97,8 +103,14 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
     compiled = compile_encoder and path == "mintclip"
     if compiled:
         model.visual.compile(dynamic=False)
-    method.setup(model, TestSet.named("folder", class_names(classes)))
+    test_set = TestSet.named("folder", class_names(classes))
+    method.setup(model, test_set)
     size = model.config.vision.image_size
+    clock = PhaseClock(device) if breakdown else None
+    if clock is not None:
+        clock.install(model)
+        augmix = method.augmix(test_set)
+        maker = ViewMaker(n_views=views, size=size, augmix=test_set.augmix if augmix is None else augmix, device=device)
     per_call = 1 if method.online else max(1, batch_images)
     warmup_calls, timed_calls = -(-warmup // per_call), -(-images // per_call)
     shape = (views, 3, size, size) if per_call == 1 else (per_call, views, 3, size, size)
@@ -112,13 +124,25 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
         baseline = _maxrss_mib()
     seconds = []
     for i, batch in enumerate(batches):
+        timed = i >= warmup_calls
+        if clock is not None:
+            clock.active = timed
+            _sync(device)
+            began = time.perf_counter()
+            made = [maker(torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8, generator=generator), 0, i * per_call + b)
+                    for b in range(per_call)]
+            batch = made[0] if per_call == 1 else torch.stack(made)
+            _sync(device)
+            clock.seconds["views"] += (time.perf_counter() - began) if timed else 0.0
         batch = batch.to(device)
         _sync(device)
         start = time.perf_counter()
         logits = method.predict(batch) if per_call == 1 else method.predict_batch(batch).logits
         _sync(device)
-        if i >= warmup_calls:
+        if timed:
             seconds.append(time.perf_counter() - start)
+        if clock is not None:
+            clock.active = False
         if not torch.isfinite(logits).all():
             raise RuntimeError(f"{method_name} ({path}) gave non-finite logits")
     if device.startswith("cuda"):
@@ -126,12 +150,15 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
     else:
         peak, memory = _maxrss_mib() - baseline, "CPU peak resident-set growth (getrusage ru_maxrss)"
     ms = 1000 * sum(seconds) / (len(seconds) * per_call)
+    phases, tokens = (None, None) if clock is None else clock.per_image(
+        len(seconds) * per_call, sum(seconds) + clock.seconds["views"])
     return Timing(method_name, path, ms, 1000 * float(np.median(seconds)) / per_call, 1000 / ms, peak, memory,
-                  model.config.arch_name, torch.get_num_threads(), per_call, compiled)
+                  model.config.arch_name, torch.get_num_threads(), per_call, compiled, phases, tokens)
 
 
 def run_benchmark(methods: list[str], arch: str, classes: int, views: int, images: int, warmup: int, device: str,
-                  precision: str, batch_images: int = 1, compile_encoder: bool = False) -> list[Timing]:
+                  precision: str, batch_images: int = 1, compile_encoder: bool = False,
+                  breakdown: bool = False) -> list[Timing]:
     """Every (method, path) in a child process of its own; returns the timings in order."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +166,7 @@ def run_benchmark(methods: list[str], arch: str, classes: int, views: int, image
             for path in ["mintclip", "reference"] if available_methods()[method].reference_overrides else ["mintclip"]:
                 out = Path(tmp) / f"{method}-{path}.json"
                 spec = json.dumps([method, path, arch, classes, views, images, warmup, device, precision,
-                                   batch_images, compile_encoder])
+                                   batch_images, compile_encoder, breakdown])
                 code = ("import json, sys; from dataclasses import asdict; from mintclip.bench import time_method; "
                         "open(sys.argv[2], 'w').write(json.dumps(asdict(time_method(*json.loads(sys.argv[1])))))")
                 subprocess.run([sys.executable, "-c", code, spec, str(out)], check=True)
@@ -160,6 +187,15 @@ def format_table(results: list[Timing], header: str) -> str:
             lines.append(f"{method}: reference / mintclip = {ref.ms_per_image / ours.ms_per_image:.2f}x time, "
                          f"{ref.peak_mib / max(ours.peak_mib, 1e-9):.2f}x memory")
     lines.append(f"peak memory: {results[0].memory} (MiB)")
+    if all(r.phases_ms is not None for r in results):
+        lines += ["", "ms per image by phase (views made from a 500x375 image; rest: selection, losses, bookkeeping, "
+                      "transfers), and tokens encoded per image"]
+        phases = list(results[0].phases_ms)
+        lines.append(f"{'method':<10} {'path':<10} " + " ".join(f"{p:>13}" for p in phases)
+                     + f" {'image tokens':>13} {'text tokens':>13}")
+        for r in results:
+            lines.append(f"{r.method:<10} {r.path:<10} " + " ".join(f"{r.phases_ms[p]:>13.1f}" for p in phases)
+                         + f" {r.tokens['image']:>13.0f} {r.tokens['text']:>13.0f}")
     return "\n".join(lines)
 
 

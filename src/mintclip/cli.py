@@ -251,7 +251,8 @@ def _bench(args: argparse.Namespace) -> int:
     device = device_of(args)
     methods = comma_list(args.method)
     results = run_benchmark(methods, args.arch, args.classes, args.views, args.images, args.warmup, device,
-                            args.precision, batch_images=args.batch_images, compile_encoder=args.compile)
+                            args.precision, batch_images=args.batch_images, compile_encoder=args.compile,
+                            breakdown=args.breakdown)
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "CPU"
     header = (f"per test image: {args.arch} with random weights, {args.classes} classes, {args.views} views, "
               f"{device} ({name}), precision {args.precision}, {results[0].threads} threads; {args.images} timed "
@@ -374,6 +375,8 @@ def _populate_bench(bench: argparse.ArgumentParser) -> None:
                        help="auto: bf16 on GPU, fp32 on CPU")
     bench.add_argument("--batch-images", type=positive_int, default=1, help="episodic methods: images adapted per call")
     bench.add_argument("--compile", action="store_true", help="mintclip's path: the image encoder under torch.compile")
+    bench.add_argument("--breakdown", action="store_true", help="also time each phase (views, image and text "
+                       "forward, backward, optimiser, the rest) and count the tokens encoded per image")
     bench.add_argument("--json", help="also write the figures here")
     bench.set_defaults(handler=_bench)
 
