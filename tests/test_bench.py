@@ -2,7 +2,7 @@
 
 import pytest
 
-from mintclip.bench import format_table, run_benchmark, time_method
+from mintclip.bench import format_table, run_benchmark, time_method, work_ratio
 
 
 def test_episodic_methods_time_a_batch_per_call_and_report_per_image():
@@ -38,4 +38,4 @@ def test_the_breakdown_accounts_for_the_time_once_and_counts_the_work_each_path_
     assert tpt.tokens["image"] == 8 * 17 and reference.tokens["image"] == (8 + 1) * 17
     assert reference.tokens["text"] == 5 * 77 * 2 > tpt.tokens["text"]  # one step's forward, the prediction's
     assert all(tpt.phases_ms[p] > 0 for p in ("views", "image forward", "text forward", "backward", "optimiser"))
-    assert "image tokens" in format_table(results, "header")
+    assert "image tokens" in format_table(results, "header") and all(work_ratio(r) >= 1.0 for r in results)

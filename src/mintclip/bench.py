@@ -192,11 +192,19 @@ def format_table(results: list[Timing], header: str) -> str:
                       "transfers), and tokens encoded per image"]
         phases = list(results[0].phases_ms)
         lines.append(f"{'method':<10} {'path':<10} " + " ".join(f"{p:>13}" for p in phases)
-                     + f" {'image tokens':>13} {'text tokens':>13}")
+                     + f" {'image tokens':>13} {'text tokens':>13} {'x work':>7}")
         for r in results:
             lines.append(f"{r.method:<10} {r.path:<10} " + " ".join(f"{r.phases_ms[p]:>13.1f}" for p in phases)
-                         + f" {r.tokens['image']:>13.0f} {r.tokens['text']:>13.0f}")
+                         + f" {r.tokens['image']:>13.0f} {r.tokens['text']:>13.0f} {work_ratio(r):>7.3f}")
+        lines.append("x work: the prediction's time over the encoder, backward and optimiser work it timed")
     return "\n".join(lines)
+
+
+def work_ratio(timing: Timing) -> float:
+    """The prediction's time over its timed encoder, backward and optimiser phases: how much goes to
+    everything else (selection, losses, bookkeeping, host transfers); 1.0 is none."""
+    work = sum(timing.phases_ms[p] for p in ("image forward", "text forward", "backward", "optimiser"))
+    return timing.ms_per_image / max(work, 1e-9)
 
 
 def to_json(results: list[Timing], settings: dict) -> str:
