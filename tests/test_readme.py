@@ -1,8 +1,6 @@
 """CI must run exactly the README's install and test commands."""
 
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
 
 
 def test_ci_runs_the_readme_commands():

@@ -8,6 +8,8 @@ from mintclip.reference.text import padded_class_features
 from tests.helpers import tiny_clip
 
 
+# Kept here rather than tests.helpers.CLASSES (the same less tabby cat): these tests were written
+# on these four.
 CLASSES = ["goldfish", "Mexican hairless dog (xoloitzcuintli)", "great white shark", "jay"]
 
 

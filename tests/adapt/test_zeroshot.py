@@ -11,6 +11,8 @@ from mintclip.data import TestSet
 from tests.helpers import tiny_clip
 
 
+# Kept here rather than tests.helpers.CLASSES: great_white_shark's underscore is what the method
+# must turn into a space before it fills a template (text_features below does the same).
 CLASSES = ["goldfish", "great_white_shark", "jay", "tabby cat"]
 
 

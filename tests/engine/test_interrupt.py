@@ -6,14 +6,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from mintclip.cli import main
 from mintclip.engine.records import read_records
-from tests.helpers import random_images
-
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, random_images
 
 
 def test_ctrl_c_keeps_the_records_and_names_the_resume_command(tmp_path, checkpoint):

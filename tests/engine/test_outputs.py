@@ -17,11 +17,6 @@ from mintclip.engine.report import report_runs
 from tests.helpers import ROOT, random_images, run_args
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    return random_images(tmp_path_factory.mktemp("data") / "tree", ["cat", "dog", "fox"], per_class=4)
-
-
 def files_of(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,11 +12,6 @@ from mintclip.engine.records import read_records
 from mintclip.engine.run import cxx_compiler
 from tests.engine.online_toy import RunningMeanMethod
 from tests.helpers import ROOT, comparable, kill_part_way, make_coop_set, random_images, run_args
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    return random_images(tmp_path_factory.mktemp("data") / "tree", ["cat", "dog", "fox"], per_class=4)
 
 
 TINY_MODEL_HP = {"mint": ["query_layers=0,1,2", "bank_size=16"]}  # the tiny ViT has 3 blocks

@@ -4,15 +4,14 @@ unpickle it unsafely, and never the code a crafted pickle carries."""
 import os
 import pickle
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mintclip.cli import main
 from mintclip.engine import RunError
 from mintclip.engine.online import read_state
 from mintclip.engine.records import atomic_torch_save
+from tests.helpers import random_images, run_args
 
 
 class RunsACommand:
@@ -71,13 +70,8 @@ def test_a_pickle_that_would_run_a_command_is_refused_not_run(tmp_path):
 
 
 def test_resume_over_a_tampered_state_file_is_one_line(tmp_path, checkpoint, capsys):
-    rng = np.random.default_rng(0)
-    for name in ("cat", "dog"):
-        (tmp_path / "tree" / name).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "tree" / name / f"{i}.png")
-    args = ["run", str(tmp_path / "tree"), "--test_sets", "folder", "--method", "tda", "--weights", str(checkpoint),
-            "--out", str(tmp_path / "out"), "--workers", "0", "--no-progress", "--limit", "3", "--hp", "precision=fp32"]
+    tree = random_images(tmp_path / "tree", ["cat", "dog"], per_class=2)
+    args = run_args(tree, checkpoint, tmp_path / "out", "tda", "--limit", "3", "--hp", "precision=fp32")
     assert main(args) == 0
     marker = tmp_path / "ran"
     (tmp_path / "out" / "seed0" / "state.pt").write_bytes(pickle.dumps(RunsACommand(marker), protocol=2))

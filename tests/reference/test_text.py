@@ -8,6 +8,7 @@ from mintclip.reference.text import padded_class_features
 from tests.helpers import tiny_clip
 
 
+# Kept here rather than tests.helpers.CLASSES: ImageNet's first four classes, as these tests were written.
 CLASSES = ["tench", "goldfish", "great white shark", "hammerhead shark"]
 
 
