@@ -186,10 +186,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reset-memory", choices=("never", "per-set"), help="mint: reset the bank at each set")
 
 
-def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets: str, hp: dict[str, object],
-                  seeds: list[int]) -> int:
-    from .engine import RunConfig, run
-    from .engine.distributed import Shard
+def run_config(args: argparse.Namespace, method: str, weights: str, test_sets: str, hp: dict[str, object],
+               seeds: list[int]):
+    """The engine's RunConfig from `mintclip run`'s options (also `original_main`'s and `sweep`'s)."""
+    from .engine import RunConfig
 
     device = device_of(args)
     for flag, name in ((args.coop, "coop"), (args.reset_memory, "reset_memory")):
@@ -197,11 +197,19 @@ def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets
             hp.setdefault(name, flag)
     if hp.get("coop") and not Path(str(hp["coop"])).expanduser().is_file():
         raise UsageError(f"--coop {hp['coop']}: no such file")
-    config = RunConfig(data_root=args.root, test_sets=test_sets.split("/"), method=method, weights=weights,
-                       out=args.out or f"runs/{method}", seeds=seeds, device=device, workers=args.workers, hp=hp,
-                       act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
-                       online_shards=args.online_shards, batch_images=args.batch_images, compile=args.compile,
-                       strict=args.strict, resume=args.resume, progress=not args.no_progress)
+    return RunConfig(data_root=args.root, test_sets=test_sets.split("/"), method=method, weights=weights,
+                     out=args.out or f"runs/{method}", seeds=seeds, device=device, workers=args.workers, hp=hp,
+                     act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
+                     online_shards=args.online_shards, batch_images=args.batch_images, compile=args.compile,
+                     strict=args.strict, resume=args.resume, progress=not args.no_progress)
+
+
+def run_from_args(args: argparse.Namespace, method: str, weights: str, test_sets: str, hp: dict[str, object],
+                  seeds: list[int]) -> int:
+    from .engine import run
+    from .engine.distributed import Shard
+
+    config = run_config(args, method, weights, test_sets, hp, seeds)
     try:
         run(config)
     except KeyboardInterrupt:
@@ -230,6 +238,23 @@ class Interrupted(Exception):
 def _run(args: argparse.Namespace) -> int:
     return run_from_args(args, args.method, args.weights, args.test_sets, parse_hp(args.hp, args.config),
                          args.seeds or [0])
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .engine.sweep import parse_axes, run_sweep
+
+    if not args.grid and not args.ablation:
+        raise UsageError("sweep: give --grid KEY=v1,v2,... and/or --ablation KEY=v1,v2,...")
+    if not args.out:
+        raise UsageError("sweep: --out names the sweep's folder (a run folder per point goes inside)")
+    config = run_config(args, args.method, args.weights, args.test_sets, parse_hp(args.hp, args.config), args.seeds or [0])
+    try:
+        markdown = run_sweep(config, Path(args.out), parse_axes(args.grid, "--grid"), parse_axes(args.ablation, "--ablation"))
+    except KeyboardInterrupt:
+        raise Interrupted(args.out) from None
+    print(markdown)
+    print(f"wrote {args.out}/<point>/ (one run folder per point), {args.out}/sweep.json and {args.out}/report/")
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -352,6 +377,15 @@ def _populate_run(run_parser: argparse.ArgumentParser) -> None:
     run_parser.set_defaults(handler=_run)
 
 
+def _populate_sweep(sweep: argparse.ArgumentParser) -> None:
+    _populate_run(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=v1,v2,...",
+                       help="a swept hyper-parameter; several --grid: every combination, the last varying fastest")
+    sweep.add_argument("--ablation", action="append", default=[], metavar="KEY=v1,v2,...",
+                       help="each value on its own, every other hyper-parameter at the method's default")
+    sweep.set_defaults(handler=_sweep)
+
+
 def _populate_report(report: argparse.ArgumentParser) -> None:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by mintclip run")
     report.add_argument("--out", default="report", help="output folder")
@@ -437,6 +471,10 @@ COMMANDS = (  # name, one-line help, description, how its options are added
     ("run", "test-time adaptation on benchmark sets, with records and a summary",
      "Run a method over test sets; writes per-sample records, a summary table (Markdown, CSV) and the resolved "
      "config.", _populate_run),
+    ("sweep", "a grid or ablations of a method's hyper-parameters, a run folder per point",
+     "Run a method once per point of a hyper-parameter grid (--grid) or of one-at-a-time ablations (--ablation), "
+     "each point an ordinary run folder with the same images, order and views; --resume continues the sweep; "
+     "then the report over the points, with a sensitivity plot per swept key.", _populate_sweep),
     ("report", "tables, gains over zero-shot with intervals, and plots over runs",
      "Combine run folders into the papers' table (a row per run), each run's gain over zero-shot with a paired "
      "bootstrap 95% interval, a bar chart per set, top-1 along the stream of online runs and the "

@@ -249,15 +249,17 @@ class Run:
             table.update((new if key == column else key, value) for key, value in items)
 
 
-def load_runs(run_dirs: Sequence[Path]) -> list[Run]:
+def load_runs(run_dirs: Sequence[Path], labels: Sequence[str] | None = None) -> list[Run]:
+    """The runs, each labelled by its method (and folder, when two share one), or by `labels`."""
     runs: list[Run] = []
-    for folder in run_dirs:
+    for i, folder in enumerate(run_dirs):
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder}: not a mintclip run folder (no config.json)")
         config = json.loads(config_path.read_text())
         label = config["method"]["name"]
         label = f"{label} ({folder.name})" if label in [r.label for r in runs] else label
+        label = labels[i] if labels else label
         per_set, data = {}, {}
         for set_id in config["run"]["test_sets"]:
             name = set_label(set_id)
@@ -378,10 +380,12 @@ def accuracy_chart(results: dict[str, dict[str, list[SetMetrics]]], sets: list[s
                           "(error bars: ± std)", "test set", "top-1 (%)")
 
 
-def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap: int = 2000) -> str:
+def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap: int = 2000,
+                labels: Sequence[str] | None = None) -> str:
     """Combine run folders into summary.md (returned), summary.csv, gains.csv and the plots listed at the
-    end of summary.md. A set a run names but has no records for yet shows "-"."""
-    runs = load_runs(run_dirs)
+    end of summary.md. A set a run names but has no records for yet shows "-". `labels`: the rows'
+    names (default: each run's method)."""
+    runs = load_runs(run_dirs, labels)
     notes = separate_data(runs)
     notes += [f"Note: {ece_note(run.label)}; summary.csv leaves its ece empty." for run in runs if not run.calibrated]
     sets = list(dict.fromkeys(s for run in runs for s in run.records))
