@@ -1,7 +1,5 @@
 """The timing function with several test images per call: episodic methods batch them, online ones cannot."""
 
-import pytest
-
 from mintclip.bench import format_table, run_benchmark, time_method, work_ratio
 
 
@@ -31,8 +29,7 @@ def test_the_breakdown_accounts_for_the_time_once_and_counts_the_work_each_path_
     by_path = {(r.method, r.path): r for r in results}
     for r in results:
         total = r.ms_per_image + r.phases_ms["views"]
-        assert r.phases_ms["rest"] >= -0.02 * total  # no phase counted twice
-        assert sum(r.phases_ms.values()) == pytest.approx(total)
+        assert r.phases_ms["rest"] >= -0.02 * total  # no phase counted twice (the rest is what they leave)
     zeroshot, tpt, reference = by_path["zeroshot", "mintclip"], by_path["tpt", "mintclip"], by_path["tpt", "reference"]
     assert zeroshot.tokens == {"image": 17, "text": 0} and zeroshot.phases_ms["backward"] == 0
     assert tpt.tokens["image"] == 8 * 17 and reference.tokens["image"] == (8 + 1) * 17

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .adapt import available_methods, build_method
-from .breakdown import PhaseClock
+from .breakdown import PhaseClock, synchronise
 from .data import TestSet, ViewMaker
 from .model import CLIP, CLIPConfig, Preprocess, TextConfig, VisionConfig
 
@@ -78,11 +78,6 @@ def class_names(count: int, seed: int = 0) -> list[str]:
     return [" ".join(word() for _ in range(rng.integers(1, 4))) for _ in range(count)]
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -110,13 +105,15 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
     if clock is not None:
         clock.install(model)
         augmix = method.augmix(test_set)
-        maker = ViewMaker(n_views=views, size=size, augmix=test_set.augmix if augmix is None else augmix, device=device)
+        make_views = clock.timed("views", ViewMaker(n_views=views, size=size, device=device,
+                                                    augmix=test_set.augmix if augmix is None else augmix))
     per_call = 1 if method.online else max(1, batch_images)
     warmup_calls, timed_calls = -(-warmup // per_call), -(-images // per_call)
     shape = (views, 3, size, size) if per_call == 1 else (per_call, views, 3, size, size)
     generator = torch.Generator().manual_seed(1)
-    batches = [torch.randn(shape, generator=generator) for _ in range(warmup_calls + timed_calls)]
-    _sync(device)
+    calls = warmup_calls + timed_calls
+    batches = [torch.randn(shape, generator=generator) for _ in range(calls)] if clock is None else [None] * calls
+    synchronise(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
@@ -125,20 +122,16 @@ def time_method(method_name: str, path: str, arch: str, classes: int, views: int
     seconds = []
     for i, batch in enumerate(batches):
         timed = i >= warmup_calls
-        if clock is not None:
+        if clock is not None:  # views made from a random 500x375 image per test image, and timed
             clock.active = timed
-            _sync(device)
-            began = time.perf_counter()
-            made = [maker(torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8, generator=generator), 0, i * per_call + b)
-                    for b in range(per_call)]
+            made = [make_views(torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8, generator=generator), 0,
+                               i * per_call + b) for b in range(per_call)]
             batch = made[0] if per_call == 1 else torch.stack(made)
-            _sync(device)
-            clock.seconds["views"] += (time.perf_counter() - began) if timed else 0.0
         batch = batch.to(device)
-        _sync(device)
+        synchronise(device)
         start = time.perf_counter()
         logits = method.predict(batch) if per_call == 1 else method.predict_batch(batch).logits
-        _sync(device)
+        synchronise(device)
         if timed:
             seconds.append(time.perf_counter() - start)
         if clock is not None:

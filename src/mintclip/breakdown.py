@@ -25,6 +25,12 @@ from .model import CLIP
 PHASES = ("views", "image forward", "text forward", "backward", "optimiser")
 
 
+def synchronise(device: str) -> None:
+    """Wait for the device's queued work, so that a host timer measures it (nothing to wait for on a CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 class PhaseClock:
     def __init__(self, device: str) -> None:
         self.device = device
@@ -32,10 +38,6 @@ class PhaseClock:
         self.tokens = {"image": 0.0, "text": 0.0}
         self.active = False  # only timed images count; the set-up and warm-up do not
         self._depth = 0
-
-    def sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
 
     def timed(self, phase: str, fn: Callable, tokens: Callable[..., tuple[str, float]] | None = None) -> Callable:
         """`fn`, timed as `phase` when called outside any other timed call; `tokens(*args, **kwargs)` ->
@@ -45,12 +47,12 @@ class PhaseClock:
             if not self.active or self._depth:
                 return fn(*args, **kwargs)
             self._depth += 1
-            self.sync()
+            synchronise(self.device)
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.sync()
+                synchronise(self.device)
                 self.seconds[phase] += time.perf_counter() - start
                 self._depth -= 1
                 if tokens is not None:

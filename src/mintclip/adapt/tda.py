@@ -120,7 +120,8 @@ class TDAConfig(MethodConfig):
     neg_mask_upper: float = 1.0  # negative.mask_threshold.upper (strict)
     logit_scale: float = 100.0  # utils.py get_clip_logits: 100. * image_features @ clip_weights
     templates: Templates = "per_set"  # TDA's datasets/*.py templates; see zeroshot.class_templates
-    reset_state: Literal["per-set", "never"] = "per-set"  # tda_runner.py: caches start empty for every set; "never": keep them
+    # tda_runner.py: caches start empty for every set; "never": keep them
+    reset_state: Literal["per-set", "never"] = "per-set"
 
 
 class ClassSlots:

@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..adapt import available_methods
-from ..adapt.base import check_config, parse_overrides
+from ..adapt import build_method
 from .config import RunConfig, RunError
 from .plots import line_chart_png
 from .records import atomic_write_json, read_records
@@ -57,14 +56,10 @@ def sweep_points(grid: dict[str, list[str]], ablation: dict[str, list[str]]) -> 
 
 
 def check_points(method: str, base_hp: dict[str, Any], points: list[Point]) -> None:
-    """Every point's hyper-parameters are known to the method and valid, before any image is read."""
-    methods = available_methods()
-    if method not in methods:
-        raise RunError(f"unknown method {method!r}; available: {', '.join(sorted(methods))}")
-    config_type = methods[method].Config
+    """Every point's method builds (its names, values and the method's own checks), before any image."""
     for point in points:
         try:
-            check_config(config_type(**parse_overrides(config_type, {**base_hp, **point.overrides})))
+            build_method(method, {**base_hp, **point.overrides})
         except (ValueError, TypeError) as e:
             raise RunError(f"sweep point {point.name}: {e}") from None
 
@@ -88,12 +83,12 @@ def run_sweep(base: RunConfig, out: Path, grid: dict[str, list[str]], ablation: 
         run(dataclasses.replace(base, out=str(folders[-1]), hp={**base.hp, **point.overrides}))
     markdown = report_runs(folders, out / "report", labels=[f"{base.method} {p.name}" for p in points])
     for key in {**grid, **ablation}:
-        sensitivity_plot(out, points, key, grid)
+        sensitivity_plot(out, points, key, grid, base.seeds[0])
     return markdown
 
 
-def sensitivity_plot(out: Path, points: list[Point], key: str, grid: dict[str, list[str]]) -> None:
-    """Top-1 of the first seed against the values of one swept key, one line per set, into
+def sensitivity_plot(out: Path, points: list[Point], key: str, grid: dict[str, list[str]], seed: int) -> None:
+    """Top-1 of one seed against the values of one swept key, one line per set, into
     out/report/sensitivity_<key>.png: a grid key with the other grid keys at their first value, an
     ablation key alone."""
     if key in grid:
@@ -103,8 +98,6 @@ def sensitivity_plot(out: Path, points: list[Point], key: str, grid: dict[str, l
     chosen = [p for p in points if p.overrides in wanted]
     series: dict[str, list[float]] = {}
     for point in chosen:
-        config = json.loads((out / point.name / "config.json").read_text())
-        seed = config["run"]["seeds"][0]
         for records_path in sorted((out / point.name / f"seed{seed}").glob("*/records.jsonl")):
             series.setdefault(records_path.parent.name, []).append(metrics(read_records(records_path)).top1)
     values = ", ".join(p.overrides[key] for p in chosen)

@@ -29,8 +29,8 @@ from ..adapt.zero import zero_vote
 from ..data import TestSet, template_set
 from ..data.views import ViewMaker
 from ..model import CLIP
-from .render import CLASSES, SHIFTED, image_rng, render
-from .train import DATA_SIZE, HELD_OUT_SEED, IMAGE_SIZE
+from .render import CLASSES, SHIFTED
+from .train import HELD_OUT_SEED, IMAGE_SIZE, domain_images, first_views
 
 STYLED = ("sketch", "rendition")
 # prompts that name each styled domain as a caption on the web would; their mean is reported (no pick)
@@ -57,17 +57,11 @@ class DomainCheck:
     tpt_text_change: float | None = None  # mean 1 - cos of each class's text feature before and after the step
 
 
-def domain_images(domain: str, per_class: int, seed: int) -> list[tuple[Image.Image, int]]:
-    """(image, label) as the demo writes them (96 px), per_class of each class."""
-    return [(render(label, domain, image_rng(seed, domain, label, index), DATA_SIZE)[0], label)
-            for label in range(len(CLASSES)) for index in range(per_class)]
-
-
 @torch.no_grad()
-def view0_features(model: CLIP, images: list[tuple[Image.Image, int]], seed: int) -> Tensor:
-    view_zero = ViewMaker(n_views=1, size=IMAGE_SIZE, device=model.device)
-    views = torch.cat([view_zero(image, seed, index) for index, (image, _) in enumerate(images)])
-    return F.normalize(model.encode_image(views).float(), dim=-1)  # (N, D)
+def view0_features(model: CLIP, images: list[tuple[Image.Image, int]]) -> tuple[Tensor, Tensor]:
+    """The images' view-0 features (N, D), normalised, and their labels (N,)."""
+    views, labels = first_views(images)
+    return F.normalize(model.encode_image(views.to(model.device)).float(), dim=-1), labels
 
 
 def top1(features: Tensor, text: Tensor, labels: Tensor) -> float:
@@ -119,8 +113,7 @@ def view_methods(model: CLIP, images: list[tuple[Image.Image, int]], seed: int) 
 
 def check_domain(model: CLIP, domain: str, per_class: int, views: bool = True) -> DomainCheck:
     images = domain_images(domain, per_class, HELD_OUT_SEED)
-    labels = torch.tensor([label for _, label in images])
-    features = view0_features(model, images, HELD_OUT_SEED)
+    features, labels = view0_features(model, images)
     with torch.no_grad():
         single = encode_class_prompts(model, list(CLASSES), ["a photo of a {}."])
         ensemble = encode_class_prompts(model, list(CLASSES), template_set("openai_80"))
@@ -128,9 +121,7 @@ def check_domain(model: CLIP, domain: str, per_class: int, views: bool = True) -
         if domain in STYLE_PROMPTS:
             styled = sum(top1(features, encode_class_prompts(model, list(CLASSES), [prompt]), labels)
                          for prompt in STYLE_PROMPTS[domain]) / len(STYLE_PROMPTS[domain])
-    tuning = domain_images(domain, per_class, TUNING_SEED)
-    tuned = supervised_context(model, view0_features(model, tuning, TUNING_SEED),
-                               torch.tensor([label for _, label in tuning]))
+    tuned = supervised_context(model, *view0_features(model, domain_images(domain, per_class, TUNING_SEED)))
     return DomainCheck(domain, len(images), top1(features, single, labels), top1(features, ensemble, labels), styled,
                        top1(features, tuned, labels), **(view_methods(model, images, HELD_OUT_SEED) if views else {}))
 
@@ -140,7 +131,8 @@ def verdicts(checks: list[DomainCheck]) -> list[tuple[str, bool | None, str]]:
     reported, not judged (passed None), and the view checks are left out when they did not run."""
     by_domain = {c.domain: c for c in checks}
     styled = [by_domain[d] for d in STYLED if d in by_domain]
-    prompt_gain = {c.domain: max(c.ensemble, c.style_prompts or c.ensemble) - c.zero_shot for c in styled}
+    prompt_gain = {c.domain: max(c.ensemble, c.ensemble if c.style_prompts is None else c.style_prompts) - c.zero_shot
+                   for c in styled}
     bound_gain = sum(c.supervised - c.zero_shot for c in checks) / len(checks)
     judged = [
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from ..adapt.prompts import encode_class_prompts, get_tokenizer
@@ -131,17 +132,22 @@ def random_resized_crops(images: Tensor, size: int, min_scale: float, generator:
     return out.clamp(0, 1)
 
 
-def held_out_views(domain: str, per_class: int, seed: int = HELD_OUT_SEED) -> tuple[Tensor, Tensor]:
-    """Images as the demo writes them (96 px), made into view 0 as the engine makes it: (N, 3, 48, 48),
-    labels (N,)."""
+def domain_images(domain: str, per_class: int, seed: int) -> list[tuple[Image.Image, int]]:
+    """(image, label) as the demo writes them (96 px), per_class of each class, in label order."""
+    return [(render(label, domain, image_rng(seed, domain, label, index), DATA_SIZE)[0], label)
+            for label in range(len(CLASSES)) for index in range(per_class)]
+
+
+def first_views(images: list[tuple[Image.Image, int]]) -> tuple[Tensor, Tensor]:
+    """View 0 as the engine makes it (resize and centre crop: the same for any seed and index),
+    (N, 3, 48, 48), and the labels (N,)."""
     view_zero = ViewMaker(n_views=1, size=IMAGE_SIZE)
-    views, labels = [], []
-    for label in range(len(CLASSES)):
-        for index in range(per_class):
-            image, _ = render(label, domain, image_rng(seed, domain, label, index), DATA_SIZE)
-            views.append(view_zero(image, seed, index)[0])
-            labels.append(label)
-    return torch.stack(views), torch.tensor(labels)
+    views = torch.cat([view_zero(image, 0, index) for index, (image, _) in enumerate(images)])
+    return views, torch.tensor([label for _, label in images])
+
+
+def held_out_views(domain: str, per_class: int, seed: int = HELD_OUT_SEED) -> tuple[Tensor, Tensor]:
+    return first_views(domain_images(domain, per_class, seed))
 
 
 @torch.no_grad()
