@@ -235,6 +235,12 @@ class Interrupted(Exception):
         return (f"interrupted: {records} record(s) kept in {self.out}; continue where it stopped with: {again}")
 
 
+class TrainingInterrupted(Interrupted):
+    def message(self, argv: Sequence[str]) -> str:
+        again = shlex.join([*argv, *([] if "--resume" in argv else ["--resume"])])
+        return f"interrupted: the training state is kept in {self.out}; continue where it stopped with: {again}"
+
+
 def _run(args: argparse.Namespace) -> int:
     return run_from_args(args, args.method, args.weights, args.test_sets, parse_hp(args.hp, args.config),
                          args.seeds or [0])
@@ -254,6 +260,21 @@ def _sweep(args: argparse.Namespace) -> int:
         raise Interrupted(args.out) from None
     print(markdown)
     print(f"wrote {args.out}/<point>/ (one run folder per point), {args.out}/sweep.json and {args.out}/report/")
+    return 0
+
+
+def _train_prompts(args: argparse.Namespace) -> int:
+    from .engine.train_prompts import PromptTrainingRun, train_prompts
+
+    run = PromptTrainingRun(data_root=args.root, train_set=args.train_set, weights=args.weights, out=args.out,
+                            method=args.method, shots=args.shots, seed=args.seed, device=device_of(args),
+                            workers=args.workers, hp=parse_hp(args.hp, None), resume=args.resume,
+                            log=lambda line: print(line, flush=True))
+    try:
+        path = train_prompts(run)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(args.out) from None
+    print(f"use it: mintclip run DATA --test_sets ... --method {args.method} --hp prompts={path}")
     return 0
 
 
@@ -386,6 +407,27 @@ def _populate_sweep(sweep: argparse.ArgumentParser) -> None:
     sweep.set_defaults(handler=_sweep)
 
 
+def _populate_train_prompts(trainer: argparse.ArgumentParser) -> None:
+    from .engine.train_prompts import METHODS
+
+    trainer.add_argument("root", help="the data root (for 'folder' the tree itself, for 'csv' the CSV file)")
+    trainer.add_argument("--train_set", "--train-set", required=True,
+                         help="I (ImageNet's train split), folder, folder:NAME or csv")
+    trainer.add_argument("--method", default="coop", choices=sorted(METHODS), help="the prompt learner")
+    trainer.add_argument("--shots", type=positive_int, default=16, help="training images per class")
+    trainer.add_argument("--seed", type=non_negative_int, default=1, help="draws the shots, orders and crops")
+    trainer.add_argument("--weights", required=True, help="CLIP checkpoint: a path or a name")
+    trainer.add_argument("--out", required=True, help="folder for prompts.safetensors and the training state")
+    trainer.add_argument("--hp", nargs="+", default=[], metavar="KEY=VALUE",
+                         help="training settings, e.g. epochs=10 lr=0.002 (default: the official config's)")
+    trainer.add_argument("--gpu", type=non_negative_int, help="CUDA device index (default: the CPU, or --device)")
+    trainer.add_argument("--device", help="torch device, e.g. cuda:1 or cpu (default: the CPU)")
+    trainer.add_argument("--workers", type=non_negative_int, default=default_workers(),
+                         help="image decoding processes (0: decode in the main process)")
+    trainer.add_argument("--resume", action="store_true", help="continue a killed training in --out where it stopped")
+    trainer.set_defaults(handler=_train_prompts)
+
+
 def _populate_report(report: argparse.ArgumentParser) -> None:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders written by mintclip run")
     report.add_argument("--out", default="report", help="output folder")
@@ -475,6 +517,11 @@ COMMANDS = (  # name, one-line help, description, how its options are added
      "Run a method once per point of a hyper-parameter grid (--grid) or of one-at-a-time ablations (--ablation), "
      "each point an ordinary run folder with the same images, order and views; --resume continues the sweep; "
      "then the report over the points, with a sensitivity plot per swept key.", _populate_sweep),
+    ("train-prompts", "train CoOp's prompt on K shots per class, before test time",
+     "Sample K images per class with a seed from a training set, train a prompt learner with labels as its "
+     "official code does, and save the prompts (safetensors, with the settings and the sampled files); --resume "
+     "continues a killed training exactly. Evaluate with `mintclip run --method coop --hp prompts=OUT`.",
+     _populate_train_prompts),
     ("report", "tables, gains over zero-shot with intervals, and plots over runs",
      "Combine run folders into the papers' table (a row per run), each run's gain over zero-shot with a paired "
      "bootstrap 95% interval, a bar chart per set, top-1 along the stream of online runs and the "

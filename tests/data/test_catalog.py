@@ -5,7 +5,7 @@ import pytest
 
 from mintclip.data import TestSet
 from mintclip.data.catalog import DatasetError, check_data, open_dataset, resolve_set_id, set_label
-from mintclip.data.imagenet import LAYOUTS
+from mintclip.data.imagenet import LAYOUTS, open_imagenet_train
 from mintclip.data.templates import imagenet_assets
 from tests.helpers import make_coop_set, make_tree, write_image
 
@@ -51,6 +51,17 @@ def test_imagenet_r_is_200_way_and_sketch_1000_way(tmp_path):
     make_tree(tmp_path / "ImageNet-Sketch" / "sketch", WNIDS)
     sketch = open_dataset(tmp_path, "K")
     assert sketch.classnames == NAMES and len(sketch) == 1000
+
+
+def test_imagenet_train_is_found_where_coop_keeps_it_beside_the_validation_set(tmp_path):
+    make_tree(tmp_path / "imagenet" / "images" / "train", WNIDS, per_class=2)
+    make_tree(tmp_path / "imagenet" / "images" / "val", WNIDS)
+    train = open_imagenet_train(tmp_path)
+    assert train.root == tmp_path / "imagenet" / "images" / "train" and "CoOp" in train.layout
+    assert len(train) == 2000 and train.classnames == NAMES and train.samples[2][1] == 1
+    assert open_dataset(tmp_path, "I").root == tmp_path / "imagenet" / "images" / "val"
+    with pytest.raises(DatasetError, match="ImageNet train split"):
+        open_imagenet_train(tmp_path / "imagenet" / "images" / "val" / WNIDS[0])
 
 
 @pytest.mark.parametrize("relative", [relative for relative, _ in LAYOUTS["A"]] + ["."])

@@ -10,6 +10,7 @@ longest EOT: exact (docs/performance.md § Text side: EOT truncation and the sha
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..model import CLIP, Tokenizer
+from ..model.torchscript import read_training_checkpoint
 from .base import MethodConfig
 
 
@@ -62,6 +64,9 @@ def prompt_learner(model: CLIP, classnames: list[str], config: PromptTuningConfi
     return TextPromptLearner(model, classnames, config.n_ctx, context_words(config.ctx_init), ctx_vectors)
 
 
+PROMPTS_FILE = "prompts.safetensors"  # what `train-prompts --out DIR` writes in DIR
+
+
 @lru_cache
 def get_tokenizer(context_length: int = 77) -> Tokenizer:
     return Tokenizer(context_length=context_length)
@@ -85,17 +90,45 @@ def encode_class_prompts(model: CLIP, classnames: list[str], templates: list[str
     return F.normalize(total, dim=-1)
 
 
-def load_coop_context(path: str | Path) -> Tensor:
-    """A CoOp context tensor (n_ctx, width): CoOp's `model.pth.tar` ({'state_dict': {'ctx': ...}}), a dict
-    with 'ctx', a bare tensor, or safetensors with 'ctx'. Read with weights-only loading."""
+def prompts_path(path: str | Path) -> Path:
+    """A prompt file, or a folder holding one: `train-prompts`' output (prompts.safetensors) or a released
+    CoOp/CoCoOp/MaPLe run (prompt_learner/model.pth.tar-N, the highest N; else model-best.pth.tar)."""
     path = Path(path)
+    if path.is_file():
+        return path
+    if (path / PROMPTS_FILE).is_file():
+        return path / PROMPTS_FILE
+    learner = path / "prompt_learner" if (path / "prompt_learner").is_dir() else path
+    epochs = sorted(learner.glob("model.pth.tar-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])
+                    if p.name.rsplit("-", 1)[1].isdigit() else -1)
+    if epochs:
+        return epochs[-1]
+    if (learner / "model-best.pth.tar").is_file():
+        return learner / "model-best.pth.tar"
+    raise FileNotFoundError(f"{path}: no prompt file ({PROMPTS_FILE}, prompt_learner/model.pth.tar-N or "
+                            "model-best.pth.tar)")
+
+
+def load_coop_context(path: str | Path) -> Tensor:
+    """A CoOp context tensor (n_ctx, width): CoOp's `model.pth.tar` ({'state_dict': {'ctx': ...}}; its
+    token_prefix/suffix buffers are ignored, as CoOp's load_model drops them), a dict with 'ctx', a bare
+    tensor, or safetensors with 'ctx' (`mintclip train-prompts`). Read with weights-only loading; a Dassl
+    checkpoint whose pickle also holds its scheduler object (refused by that) is read by
+    `read_training_checkpoint`, which builds nothing but tensors. A folder: see `prompts_path`."""
+    path = prompts_path(path)
     if path.suffix == ".safetensors":
         obj: object = load_file(str(path))
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            obj = read_training_checkpoint(str(path))
     for key in ("state_dict", "ctx"):
         if isinstance(obj, dict) and key in obj:
             obj = obj[key]
+    if isinstance(obj, Tensor) and obj.ndim == 3:
+        raise ValueError(f"{path}: a class-specific context (CSC) {tuple(obj.shape)}; only a unified context "
+                         "(n_ctx, width) applies to any set's classes")
     if not isinstance(obj, Tensor) or obj.ndim != 2:
         raise ValueError(f"{path}: no CoOp context tensor (n_ctx, width) found (looked for state_dict.ctx, ctx)")
     return obj.float()

@@ -34,6 +34,9 @@ LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
           ("ImageNet-Sketch/images", "MTA"), ("ImageNet-Sketch/sketch", "the archive as distributed"),
           ("imagenet-sketch/sketch", "the archive as distributed")),
 }
+# ImageNet's train split, which only prompt learners read (`mintclip train-prompts --train_set I`).
+TRAIN_LAYOUTS = (("imagenet/images/train", "CoOp"), ("ImageNet/train", "as ImageNet/val"),
+                 ("imagenet/train", "as imagenet/val"), ("train", "the ImageNet folder itself"))
 TITLES = {"I": "ImageNet validation set", "A": "ImageNet-A", "R": "ImageNet-R",
           "V": "ImageNetV2 matched-frequency", "K": "ImageNet-Sketch"}
 
@@ -53,11 +56,19 @@ def _has_class_folders(folder: Path, pattern: re.Pattern) -> bool:
     return folder.is_dir() and any(p.is_dir() and pattern.match(p.name) for p in folder.iterdir())
 
 
-def open_imagenet_set(data_root: Path, set_id: str) -> ImageDataset:
+def open_imagenet_train(data_root: Path) -> ImageDataset:
+    """ImageNet's train split: the 1000 wnid folders, labelled as the validation set."""
+    return open_imagenet_set(data_root, "I", TRAIN_LAYOUTS, "ImageNet train split")
+
+
+def open_imagenet_set(data_root: Path, set_id: str, layouts: tuple[tuple[str, str], ...] | None = None,
+                      title: str | None = None) -> ImageDataset:
     pattern = INDEX if set_id == "V" else WNID
     classnames, labels = label_space(set_id)
-    what = "ImageNet class indices 0..999" if set_id == "V" else f"{TITLES[set_id]} class wnids"
-    candidates = LAYOUTS[set_id] + ((".", "the set folder itself"),)
+    title = title or TITLES[set_id]
+    what = "ImageNet class indices 0..999" if set_id == "V" else f"{title} class wnids"
+    layouts = layouts or LAYOUTS[set_id]
+    candidates = layouts + ((".", "the set folder itself"),)
     for relative, used_by in candidates:
         folder = (data_root / relative).resolve()
         if _has_class_folders(folder, pattern):
@@ -67,8 +78,8 @@ def open_imagenet_set(data_root: Path, set_id: str) -> ImageDataset:
             return ImageDataset(set_id, folder, f"{relative} ({used_by})", classnames, samples,
                                 notes=notes + skipped_note(folder, scan.skipped),
                                 skipped_files=scan.skipped, class_keys=sorted(labels, key=labels.__getitem__))
-    expected = ", ".join(relative for relative, _ in LAYOUTS[set_id])
+    expected = ", ".join(relative for relative, _ in layouts)
     found = [p for p in find_class_trees(data_root, lambda name: bool(pattern.match(name)))]
     hint = f"; class folders found at {found[0]}, which is not one of these places" if found else ""
-    raise DatasetError(f"{data_root}: no {TITLES[set_id]} here: expected its class folders directly inside "
+    raise DatasetError(f"{data_root}: no {title} here: expected its class folders directly inside "
                        f"one of {expected} (or the root itself){hint}")

@@ -4,6 +4,10 @@
 with `weights_only=True` refuses TorchScript. This reader unpickles `data.pkl` with a restricted
 unpickler: every `__torch__.*` module class becomes an inert record of its attributes, and the only
 callables it will build are tensors from the archive's own storages. Nothing else resolves.
+
+`read_training_checkpoint` does the same for a `torch.save` file whose pickle also holds Python objects
+beside its tensors (a Dassl checkpoint's LR scheduler, which `weights_only=True` refuses): every class it
+names becomes an inert record, so the tensors come out and no code of the file runs.
 """
 
 from __future__ import annotations
@@ -65,6 +69,46 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
         data = bytearray(self.archive.read(f"{self.root}/data/{key}"))
         return torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+
+
+class InertObject:
+    """Stands in for any object a training checkpoint pickles beside its tensors: built from nothing, runs
+    nothing, keeps what it was given."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertObject:
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.items = args, []
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:  # a pickled mapping's items
+        self.items.append((key, value))
+
+    def append(self, value: Any) -> None:  # a pickled sequence's items
+        self.items.append(value)
+
+    def extend(self, values: Any) -> None:
+        self.items.extend(values)
+
+
+class _InertUnpickler(_RestrictedUnpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
+            return lambda data, *_: data
+        try:
+            return super().find_class(module, name)
+        except ForbiddenObject:
+            return type(name, (InertObject,), {"__module__": f"inert.{module}"})
+
+
+def read_training_checkpoint(path: str) -> Any:
+    """What a `torch.save` zip holds, every tensor real and every other object an `InertObject`."""
+    with zipfile.ZipFile(path) as archive:
+        root = next(n for n in archive.namelist() if n.endswith("/data.pkl")).rsplit("/", 1)[0]
+        return _InertUnpickler(archive, root).load()
 
 
 def _collect(record: ScriptModuleRecord, prefix: str, out: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,144 @@
+"""CoOp (Zhou et al., IJCV'22): a context of learned token embeddings shared by every class, trained with
+labels on a few shots per class before test time (`mintclip train-prompts --method coop`), then a fixed
+classifier on the original view at test time.
+
+Faithful to KaiyangZhou/CoOp@1e5ec09 `trainers/coop.py` (docs/methods.md § CoOp): the prompt is
+`[SOS][ctx][class tokens][.][EOT]` with the class token at the end, in the middle (the context split in
+halves around it) or at the front; class features are normalised and scored by logit_scale.exp() times
+the cosine. With the class token at the end every class shares SOS and the context, so the text pass
+runs that prefix once (TextPromptLearner); the other positions run each class prompt whole, cut at the
+longest EOT. Both exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..data import TestSet
+from ..model import CLIP
+from .base import Method, MethodConfig, register
+from .prompts import TextPromptLearner, get_tokenizer, load_coop_context, prompt_text, prompts_path
+
+Position = Literal["end", "middle", "front"]
+
+
+class CoOpPromptLearner(TextPromptLearner):
+    """TextPromptLearner with CoOp's CLASS_TOKEN_POSITION; "end" is the parent's shared-prefix pass."""
+
+    def __init__(self, model: CLIP, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = "a photo of a",
+                 ctx_vectors: Tensor | None = None, position: Position = "end") -> None:
+        super().__init__(model, classnames, n_ctx, ctx_init, ctx_vectors)
+        self.position = position
+        tokenizer = get_tokenizer(model.config.text.context_length)
+        # class-name token counts, as CoOp's name_lens (the name without its trailing ".")
+        self.name_lens = [len(tokenizer.encode(prompt_text("{}", name))) for name in classnames]
+
+    def forward(self, ctx: Tensor | None = None) -> Tensor:
+        if self.position == "end":
+            return super().forward(ctx)
+        return F.normalize(self.model.text.encode_embeddings(self.prompts(ctx), self.eot_index,
+                                                             length=self.length).float(), dim=-1)
+
+    def prompts(self, ctx: Tensor | None = None) -> Tensor:
+        """(C, L, W) token embeddings of every class prompt up to the longest EOT, in CoOp's order."""
+        ctx = (self.ctx if ctx is None else ctx).to(self.sos.dtype)
+        half = self.n_ctx // 2
+        rows = []
+        for suffix, name_len in zip(self.suffix, self.name_lens):
+            name, rest = suffix[:name_len], suffix[name_len:]
+            parts = [ctx[:half], name, ctx[half:], rest] if self.position == "middle" else [name, ctx, rest]
+            rows.append(torch.cat([self.sos, *parts]))
+        return torch.stack(rows)
+
+
+def save_prompts(path: str | Path, ctx: Tensor, config: dict[str, Any]) -> None:
+    """A trained context as safetensors: the tensor 'ctx' (n_ctx, W) and, in the metadata, everything that
+    made it ('mintclip_prompts': the method, n_ctx, position, training settings, the sampled files)."""
+    save_file({"ctx": ctx.detach().float().cpu().contiguous()}, str(path),
+              metadata={"mintclip_prompts": json.dumps(config)})
+
+
+def read_prompt_config(path: str | Path) -> dict[str, Any]:
+    """The metadata `save_prompts` wrote; {} for any other context file (a released CoOp checkpoint)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    with safe_open(str(path), "pt") as handle:
+        return json.loads((handle.metadata() or {}).get("mintclip_prompts", "{}"))
+
+
+@dataclasses.dataclass
+class CoOpConfig(MethodConfig):
+    # a trained context: `train-prompts` output (folder or prompts.safetensors) or a released CoOp
+    # checkpoint (prompt_learner/model.pth.tar-N); None: the untrained start, i.e. ctx_init's words
+    prompts: str | None = None
+    # the start when no prompts are given (the seed table's CoOp: 4 tokens from "a photo of a",
+    # configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml CTX_INIT); a prompt file's own setting wins
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    # TRAINER.COOP.CLASS_TOKEN_POSITION (scripts/coop/main.sh CTP); a mintclip prompt file records its own,
+    # a released checkpoint does not (its run folder's name says it: ..._ctpend)
+    class_token_position: Position = "end"
+
+
+@dataclasses.dataclass
+class CoOpTraining:
+    """`train-prompts --method coop` settings: configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml, the seed table's
+    ImageNet setting, and Dassl's defaults (dassl/config/defaults.py) for what that file leaves out."""
+
+    n_ctx: int = 4  # the word count of CTX_INIT "a photo of a" (without it: TRAINER.COOP.N_CTX, 16 by default)
+    ctx_init: str | None = "a photo of a"  # CTX_INIT; None: N(0, 0.02²) under the placeholder "X X X X"
+    class_token_position: Position = "end"  # scripts/coop/main.sh CTP
+    epochs: int = 50  # OPTIM.MAX_EPOCH
+    batch_size: int = 32  # DATALOADER.TRAIN_X.BATCH_SIZE
+    lr: float = 0.002  # OPTIM.LR, SGD ("sgd"), stepped by a cosine over the epochs (LR_SCHEDULER "cosine")
+    momentum: float = 0.9  # Dassl OPTIM.MOMENTUM
+    weight_decay: float = 5e-4  # Dassl OPTIM.WEIGHT_DECAY
+    warmup_epochs: int = 1  # OPTIM.WARMUP_EPOCH, WARMUP_TYPE "constant"
+    warmup_lr: float = 1e-5  # OPTIM.WARMUP_CONS_LR
+    min_crop_scale: float = 0.08  # Dassl INPUT.RRCROP_SCALE (0.08, 1.0) of "random_resized_crop"
+
+
+@register
+class CoOp(Method):
+    """The learned context as a fixed classifier on the original view (CoOp's test pass)."""
+
+    name = "coop"
+    n_views = 1
+    Config = CoOpConfig
+    source = "KaiyangZhou/CoOp@1e5ec09 trainers/coop.py; configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
+
+    def setup(self, model: CLIP, test_set: TestSet) -> None:
+        self.model = model
+        self.learner = coop_learner(model, test_set.classnames, self.config)
+        with torch.no_grad(), self.autocast():
+            self.text = self.learner()  # (C, D)
+
+    @torch.no_grad()
+    def predict(self, views: Tensor) -> Tensor:
+        return self.model.logit_scale.exp().float() * self.encode_views(views[:1])[0] @ self.text.T  # (C,)
+
+    def notes(self) -> list[str]:
+        if self.config.prompts is None:
+            return [f"coop: no trained prompts given; the untrained context '{self.config.ctx_init}' (zero-shot)"]
+        return [f"coop: context from {prompts_path(self.config.prompts)}"]
+
+
+def coop_learner(model: CLIP, classnames: list[str], config: CoOpConfig) -> CoOpPromptLearner:
+    """The context a config names: a trained file's (its recorded position wins) or ctx_init's words."""
+    if config.prompts is None:
+        return CoOpPromptLearner(model, classnames, config.n_ctx, config.ctx_init,
+                                 position=config.class_token_position)
+    path = prompts_path(config.prompts)
+    position = read_prompt_config(path).get("class_token_position", config.class_token_position)
+    return CoOpPromptLearner(model, classnames, ctx_vectors=load_coop_context(path).to(model.device),
+                             position=position)
