@@ -106,7 +106,7 @@ def test_a_class_specific_context_is_refused_in_one_line(tmp_path):
 
 def test_a_mintclip_prompt_file_keeps_its_settings_and_starts_tpt(model, tmp_path):
     ctx = torch.randn(4, model.config.text.width)
-    save_prompts(tmp_path / "prompts.safetensors", ctx, {"method": "coop", "class_token_position": "front"})
+    save_prompts(tmp_path / "prompts.safetensors", {"ctx": ctx}, {"method": "coop", "class_token_position": "front"})
     assert read_prompt_config(tmp_path / "prompts.safetensors")["class_token_position"] == "front"
     coop = build_method("coop", {"prompts": str(tmp_path)})
     coop.setup(model, TestSet.named("folder", CLASSES))

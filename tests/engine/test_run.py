@@ -10,6 +10,7 @@ from mintclip.adapt import available_methods
 from mintclip.cli import main, original_main
 from mintclip.engine.records import read_records
 from mintclip.engine.run import cxx_compiler
+from mintclip.engine.train_prompts import PromptTrainingRun, train_prompts
 from tests.engine.online_toy import RunningMeanMethod
 from tests.helpers import ROOT, comparable, kill_part_way, make_coop_set, random_images, run_args
 
@@ -17,10 +18,18 @@ from tests.helpers import ROOT, comparable, kill_part_way, make_coop_set, random
 TINY_MODEL_HP = {"mint": ["query_layers=0,1,2", "bank_size=16"]}  # the tiny ViT has 3 blocks
 
 
+def trained_prompts(method, tree, checkpoint, out) -> str:
+    """One quick epoch of `train-prompts` on the test tree itself: enough for a method that needs prompts."""
+    return str(train_prompts(PromptTrainingRun(str(tree), "folder", str(checkpoint), str(out), method=method, shots=1,
+                                               hp={"epochs": 1}, log=lambda _: None)))
+
+
 @pytest.mark.parametrize("method", sorted(set(available_methods()) - {"online_toy"}))
 def test_every_method_runs_end_to_end(method, tree, checkpoint, tmp_path, capsys):
     out = tmp_path / method
     hp = ["precision=fp32", *TINY_MODEL_HP.get(method, [])]
+    if method == "cocoop":  # an untrained meta-net is random: the method refuses to run without prompts
+        hp.append(f"prompts={trained_prompts(method, tree, checkpoint, tmp_path / 'prompts')}")
     assert main(run_args(tree, checkpoint, out, method, "--limit", "3", "--hp", *hp)) == 0
     records = read_records(out / "seed0" / "folder" / "records.jsonl")
     assert len(records) == 3

@@ -42,6 +42,14 @@ class CoOpPromptLearner(TextPromptLearner):
         # class-name token counts, as CoOp's name_lens (the name without its trailing ".")
         self.name_lens = [len(tokenizer.encode(prompt_text("{}", name))) for name in classnames]
 
+    def logits(self, features: Tensor, scale: Tensor) -> Tensor:
+        """Normalised image features (B, D) -> (B, C): scale * cos(image, class)."""
+        return scale * features @ self().float().T
+
+    def learned(self) -> dict[str, Tensor]:
+        """The trained tensors by name, as a released checkpoint's state_dict names them."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad and not name.startswith("model.")}
+
     def forward(self, ctx: Tensor | None = None) -> Tensor:
         if self.position == "end":
             return super().forward(ctx)
@@ -60,10 +68,11 @@ class CoOpPromptLearner(TextPromptLearner):
         return torch.stack(rows)
 
 
-def save_prompts(path: str | Path, ctx: Tensor, config: dict[str, Any]) -> None:
-    """A trained context as safetensors: the tensor 'ctx' (n_ctx, W) and, in the metadata, everything that
-    made it ('mintclip_prompts': the method, n_ctx, position, training settings, the sampled files)."""
-    save_file({"ctx": ctx.detach().float().cpu().contiguous()}, str(path),
+def save_prompts(path: str | Path, tensors: dict[str, Tensor], config: dict[str, Any]) -> None:
+    """Trained prompts as safetensors: the tensors by name ('ctx' (n_ctx, W), ...) and, in the metadata,
+    everything that made them ('mintclip_prompts': the method, n_ctx, position, training settings, the
+    sampled files)."""
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}, str(path),
               metadata={"mintclip_prompts": json.dumps(config)})
 
 
@@ -106,6 +115,10 @@ class CoOpTraining:
     warmup_epochs: int = 1  # OPTIM.WARMUP_EPOCH, WARMUP_TYPE "constant"
     warmup_lr: float = 1e-5  # OPTIM.WARMUP_CONS_LR
     min_crop_scale: float = 0.08  # Dassl INPUT.RRCROP_SCALE (0.08, 1.0) of "random_resized_crop"
+
+    def learner(self, model: CLIP, classnames: list[str]) -> CoOpPromptLearner:
+        """The untrained learner these settings start from."""
+        return CoOpPromptLearner(model, classnames, self.n_ctx, self.ctx_init, position=self.class_token_position)
 
 
 @register

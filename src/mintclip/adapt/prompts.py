@@ -109,12 +109,13 @@ def prompts_path(path: str | Path) -> Path:
                             "model-best.pth.tar)")
 
 
-def load_coop_context(path: str | Path) -> Tensor:
-    """A CoOp context tensor (n_ctx, width): CoOp's `model.pth.tar` ({'state_dict': {'ctx': ...}}; its
-    token_prefix/suffix buffers are ignored, as CoOp's load_model drops them), a dict with 'ctx', a bare
-    tensor, or safetensors with 'ctx' (`mintclip train-prompts`). Read with weights-only loading; a Dassl
-    checkpoint whose pickle also holds its scheduler object (refused by that) is read by
-    `read_training_checkpoint`, which builds nothing but tensors. A folder: see `prompts_path`."""
+def prompt_state(path: str | Path) -> dict[str, Tensor]:
+    """The learned tensors of a prompt file by name ('ctx', and e.g. CoCoOp's 'meta_net.linear1.weight'):
+    safetensors (`mintclip train-prompts`), a Dassl `model.pth.tar` ({'state_dict': ...}, whose
+    token_prefix/suffix buffers are dropped, as CoOp's load_model drops them), a dict, or a bare context
+    tensor. Read with weights-only loading; a Dassl checkpoint whose pickle also holds its scheduler
+    object (refused by that) is read by `read_training_checkpoint`, which builds nothing but tensors.
+    A folder: see `prompts_path`."""
     path = prompts_path(path)
     if path.suffix == ".safetensors":
         obj: object = load_file(str(path))
@@ -123,15 +124,24 @@ def load_coop_context(path: str | Path) -> Tensor:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             obj = read_training_checkpoint(str(path))
-    for key in ("state_dict", "ctx"):
-        if isinstance(obj, dict) and key in obj:
-            obj = obj[key]
-    if isinstance(obj, Tensor) and obj.ndim == 3:
-        raise ValueError(f"{path}: a class-specific context (CSC) {tuple(obj.shape)}; only a unified context "
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, Tensor):
+        obj = {"ctx": obj}
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a prompt file (no tensors by name)")
+    return {k: v for k, v in obj.items() if isinstance(v, Tensor) and k not in ("token_prefix", "token_suffix")}
+
+
+def load_coop_context(path: str | Path) -> Tensor:
+    """A prompt file's unified context (n_ctx, width) (see `prompt_state`)."""
+    ctx = prompt_state(path).get("ctx")
+    if isinstance(ctx, Tensor) and ctx.ndim == 3:
+        raise ValueError(f"{path}: a class-specific context (CSC) {tuple(ctx.shape)}; only a unified context "
                          "(n_ctx, width) applies to any set's classes")
-    if not isinstance(obj, Tensor) or obj.ndim != 2:
+    if not isinstance(ctx, Tensor) or ctx.ndim != 2:
         raise ValueError(f"{path}: no CoOp context tensor (n_ctx, width) found (looked for state_dict.ctx, ctx)")
-    return obj.float()
+    return ctx.float()
 
 
 class TextPromptLearner(nn.Module):

@@ -1,5 +1,5 @@
 """`mintclip train-prompts`: a prompt learner trained with labels on K shots per class before test time
-(CoOp; docs/methods.md § CoOp), reproducible and resumable.
+(CoOp and CoCoOp; docs/methods.md § CoOp, § CoCoOp), reproducible and resumable.
 
 Every random choice is a function of the seed and where training is: the shots are drawn by
 `random.Random(seed)`, epoch e's order by a generator seeded from (seed, e), each image's crop and flip
@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..adapt.base import autocast_for, parse_overrides
+from ..adapt.cocoop import CoCoOpTraining
 from ..adapt.coop import CoOpPromptLearner, CoOpTraining, save_prompts
 from ..adapt.prompts import PROMPTS_FILE
 from ..data import DatasetError, ImageDataset, open_dataset
@@ -38,7 +39,8 @@ from .config import RunError
 from .records import atomic_write_bytes, atomic_write_json
 
 STATE_FILE = "training_state.safetensors"
-METHODS = {"coop": CoOpTraining}  # the learners `train-prompts` trains, each with its official defaults
+# the learners `train-prompts` trains, each with its official defaults
+METHODS = {"coop": CoOpTraining, "cocoop": CoCoOpTraining}
 
 
 @dataclass
@@ -155,8 +157,10 @@ def train_prompts(run: PromptTrainingRun) -> Path:
     dataset = open_training_set(run.data_root, run.train_set)
     model, _ = load_clip(run.weights, device=run.device)
     files, skipped = usable_files(sample_shots(dataset, run.shots, run.seed), run.log)
-    learner = CoOpPromptLearner(model, dataset.classnames, hp.n_ctx, hp.ctx_init, position=hp.class_token_position)
-    optimizer = torch.optim.SGD([learner.ctx], lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    torch.manual_seed(run.seed)  # CoCoOp's meta-net starts from nn.Linear's random initialisation
+    learner = hp.learner(model, dataset.classnames)
+    optimizer = torch.optim.SGD(learner.learned().values(), lr=hp.lr, momentum=hp.momentum,
+                                weight_decay=hp.weight_decay)
     identity = {**run.identity(), "hp": asdict(hp)}
     epoch, step, history = 0, 0, []
     if state_path.exists():
@@ -177,7 +181,7 @@ def train_prompts(run: PromptTrainingRun) -> Path:
             with torch.no_grad(), autocast_for(model.device):
                 features = F.normalize(model.encode_image(images).float(), dim=-1)  # (B, D), frozen
             with autocast_for(model.device):
-                logits = scale * features @ learner().float().T  # (B, C)
+                logits = learner.logits(features, scale)  # (B, C)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,7 +202,7 @@ def train_prompts(run: PromptTrainingRun) -> Path:
               "class_token_position": hp.class_token_position, "training": identity, "classnames": dataset.classnames,
               "files": [[relative(path, dataset.root), label] for path, label in files], "skipped": skipped,
               "history": history}
-    save_prompts(out / PROMPTS_FILE, learner.ctx, config)
+    save_prompts(out / PROMPTS_FILE, learner.learned(), config)
     atomic_write_json(out / "history.json", history)
     run.log(f"wrote {out / PROMPTS_FILE}")
     return out / PROMPTS_FILE
@@ -214,11 +218,13 @@ def relative(path: Path, root: Path) -> str:
 
 def save_state(path: Path, identity: dict, learner: CoOpPromptLearner, optimizer: torch.optim.SGD,
                epoch: int, step: int, history: list[dict]) -> None:
-    """The context and SGD's momentum, where training is, and what it is: written atomically."""
-    momentum = optimizer.state.get(learner.ctx, {}).get("momentum_buffer")
-    tensors = {"ctx": learner.ctx.detach().cpu().contiguous()}
-    if momentum is not None:
-        tensors["momentum"] = momentum.detach().cpu().contiguous()
+    """The learned tensors and SGD's momentum of each, where training is, and what it is: written atomically."""
+    tensors = {}
+    for name, param in learner.learned().items():
+        tensors[name] = param.detach().cpu().contiguous()
+        momentum = optimizer.state.get(param, {}).get("momentum_buffer")
+        if momentum is not None:
+            tensors[f"momentum/{name}"] = momentum.detach().cpu().contiguous()
     meta = {"identity": json.dumps(identity, sort_keys=True), "epoch": str(epoch), "step": str(step),
             "history": json.dumps(history)}
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
@@ -230,8 +236,9 @@ def load_state(path: Path, identity: dict, learner: CoOpPromptLearner,
         meta = handle.metadata()
         if json.loads(meta["identity"]) != json.loads(json.dumps(identity, sort_keys=True)):
             raise RunError(f"{path.parent}: was trained with other settings; use another --out to train these")
-        with torch.no_grad():
-            learner.ctx.copy_(handle.get_tensor("ctx").to(learner.ctx))
-        if "momentum" in handle.keys():
-            optimizer.state[learner.ctx]["momentum_buffer"] = handle.get_tensor("momentum").to(learner.ctx)
+        for name, param in learner.learned().items():
+            with torch.no_grad():
+                param.copy_(handle.get_tensor(name).to(param))
+            if f"momentum/{name}" in handle.keys():
+                optimizer.state[param]["momentum_buffer"] = handle.get_tensor(f"momentum/{name}").to(param)
     return int(meta["epoch"]), int(meta["step"]), json.loads(meta["history"])
