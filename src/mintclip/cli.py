@@ -317,7 +317,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     methods = comma_list(args.methods) if args.methods else None
     config = DemoConfig(out=args.out, per_class=args.per_class, samples=args.samples, weights=args.weights,
-                        data=args.data, device=device_of(args),
+                        data=args.data, device=device_of(args), shots=args.shots,
                         progress=not args.no_progress, **({"methods": methods} if methods else {}))
     print(demo(config, log=lambda line: print(line, file=sys.stderr)))
     runs = runs_folder(Path(args.out), args.samples)
@@ -463,6 +463,8 @@ def _populate_demo(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--samples", type=positive_int,
                       help="at most this many images per domain, run under OUT/samples-N (default: all, under OUT)")
     demo.add_argument("--per-class", type=positive_int, default=5, help="images per class and domain (20 classes)")
+    demo.add_argument("--shots", type=positive_int, default=16,
+                      help="source images per class that CoOp and CoCoOp train on before the test")
     demo.add_argument("--weights", help="another CLIP checkpoint (default: the shipped shiftbench model)")
     demo.add_argument("--data", help="where the images go (default: <out>/data)")
     demo.add_argument("--gpu", type=non_negative_int, help="CUDA device index (default: the CPU, or --device)")

@@ -10,7 +10,7 @@ from mintclip.shiftbench.render import SHIFTED
 
 def test_a_reduced_demo_runs_every_method_on_every_domain(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--samples", "3", "--per-class", "1", "--no-progress"]
+    args = ["demo", "--out", str(out), "--samples", "3", "--per-class", "1", "--shots", "1", "--no-progress"]
     assert main(args) == 0
     printed, logged = capsys.readouterr()
     runs = out / "samples-3"  # a demo of every image writes to out itself
@@ -26,6 +26,7 @@ def test_a_reduced_demo_runs_every_method_on_every_domain(tmp_path, capsys):
     assert "## Can prompts matter on this model?" in table and "| sketch | 20 |" in table
     assert "check PASS: prompt sensitivity" in logged or "check FAIL: prompt sensitivity" in logged
     assert json.loads((out / "data" / "shiftbench.json").read_text())["per_class"] == 1
+    assert "coop: prompts trained on 1 source images per class" in logged  # before test time, on the source
 
     before = {p: p.read_bytes() for p in runs.glob("*/seed0/*/records.jsonl")}
     assert main(args) == 0  # the same command again resumes: every run is complete, nothing changes
