@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..adapt.prompts import PROMPTS_FILE
 from ..engine import RunConfig, RunError, run
 from ..engine.report import report_runs
 from ..engine.train_prompts import PromptTrainingRun, train_prompts
@@ -23,8 +24,10 @@ from .check import format_checks, run_checks, verdict_lines
 from .render import CLASSES, SHIFTED, write_domains
 from .train import DATA_SIZE, shipped_checkpoint
 
-# The papers' row order; the online methods last.
-DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "tpt", "ctpt", "zero", "mta", "mint", "tda", "dynaprompt")
+# The papers' row order; the online methods last. "M+coop": method M started from the trained CoOp
+# context (TPT + CoOp, and MINT as its official code runs it).
+DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "tpt", "tpt+coop", "ctpt", "zero", "mta", "mint",
+                "mint+coop", "tda", "dynaprompt")
 TRAINED = ("coop", "cocoop")  # trained before test time on the source domain's shots
 
 
@@ -77,14 +80,17 @@ def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
         f"({per_domain} images each) in {data}")
     log(f"  model {weights} (a tiny CLIP trained on the source style only)")
     log(f"  methods {', '.join(config.methods)}; writing to {runs} (runs already there with these settings resume)")
-    for method in config.methods:
+    for row in config.methods:
         started = time.perf_counter()
+        method, _, start = row.partition("+")
         hp = {"prompts": str(demo_prompts(config, method, weights, log))} if method in TRAINED else {}
+        if start:
+            hp["coop"] = str(demo_prompts(config, start, weights, log))
         run(RunConfig(data_root=str(data), test_sets=[f"folder:{d}" for d in SHIFTED], method=method,
-                      weights=weights, out=str(runs / method), device=config.device, workers=0, hp=hp,
+                      weights=weights, out=str(runs / row), device=config.device, workers=0, hp=hp,
                       limit=config.samples, resume=True, progress=config.progress))
-        log(f"  {method}: {time.perf_counter() - started:.0f} s")
-    markdown = report_runs([runs / method for method in config.methods], runs / "report")
+        log(f"  {row}: {time.perf_counter() - started:.0f} s")
+    markdown = report_runs([runs / row for row in config.methods], runs / "report", labels=config.methods)
     checks = prompt_checks(weights, config.per_class, config.device, log)
     (runs / "report" / "summary.md").write_text(f"{markdown}\n{checks}")
     log(f"done in {time.perf_counter() - began:.0f} s")
@@ -93,13 +99,16 @@ def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
 
 def demo_prompts(config: DemoConfig, method: str, weights: str, log: Callable[[str], None]) -> Path:
     """`train-prompts --method METHOD --train_set folder:source` with the official settings, on `shots`
-    source images per class rendered with the data's seed; a finished training is reused."""
+    source images per class rendered with the data's seed; a finished training is reused, a killed one
+    resumed."""
     shots = Path(config.out) / f"train-{config.shots}"
     stamp = shots / "shiftbench.json"
     wanted = {"domain": "source", "per_class": config.shots, "seed": config.seed, "size": DATA_SIZE}
     if not stamp.is_file() or json.loads(stamp.read_text()) != wanted:
         write_domains(shots, ["source"], per_class=config.shots, seed=config.seed, size=DATA_SIZE)
         stamp.write_text(json.dumps(wanted, indent=1))
+    if (shots / method / PROMPTS_FILE).is_file():
+        return shots / method / PROMPTS_FILE
     started = time.perf_counter()
     path = train_prompts(PromptTrainingRun(data_root=str(shots), train_set="folder:source", weights=weights,
                                            out=str(shots / method), method=method, shots=config.shots,
