@@ -464,7 +464,7 @@ def _populate_demo(demo: argparse.ArgumentParser) -> None:
                       help="at most this many images per domain, run under OUT/samples-N (default: all, under OUT)")
     demo.add_argument("--per-class", type=positive_int, default=5, help="images per class and domain (20 classes)")
     demo.add_argument("--shots", type=positive_int, default=16,
-                      help="source images per class that CoOp and CoCoOp train on before the test")
+                      help="source images per class that CoOp, CoCoOp and MaPLe train on before the test")
     demo.add_argument("--weights", help="another CLIP checkpoint (default: the shipped shiftbench model)")
     demo.add_argument("--data", help="where the images go (default: <out>/data)")
     demo.add_argument("--gpu", type=non_negative_int, help="CUDA device index (default: the CPU, or --device)")
@@ -519,10 +519,10 @@ COMMANDS = (  # name, one-line help, description, how its options are added
      "Run a method once per point of a hyper-parameter grid (--grid) or of one-at-a-time ablations (--ablation), "
      "each point an ordinary run folder with the same images, order and views; --resume continues the sweep; "
      "then the report over the points, with a sensitivity plot per swept key.", _populate_sweep),
-    ("train-prompts", "train CoOp's prompt on K shots per class, before test time",
+    ("train-prompts", "train CoOp, CoCoOp or MaPLe prompts on K shots per class, before test time",
      "Sample K images per class with a seed from a training set, train a prompt learner with labels as its "
      "official code does, and save the prompts (safetensors, with the settings and the sampled files); --resume "
-     "continues a killed training exactly. Evaluate with `mintclip run --method coop --hp prompts=OUT`.",
+     "continues a killed training exactly. Evaluate with `mintclip run --method METHOD --hp prompts=OUT`.",
      _populate_train_prompts),
     ("report", "tables, gains over zero-shot with intervals, and plots over runs",
      "Combine run folders into the papers' table (a row per run), each run's gain over zero-shot with a paired "

@@ -73,15 +73,16 @@ def same_tensors(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("method", ["coop", "cocoop"])
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
 def test_the_same_seed_gives_the_same_prompts(setup, tmp_path, method):
     first, second, other = (trained_tensors(train_prompts(training_run(setup, tmp_path / name, method=method, seed=seed)))
                             for name, seed in (("a", 1), ("b", 1), ("c", 2)))
     assert same_tensors(first, second) and not same_tensors(first, other)
     assert ("meta_net.linear2.weight" in first) == (method == "cocoop")
+    assert ("compound_prompts_text.1" in first) == (method == "maple")
 
 
-@pytest.mark.parametrize("method", ["coop", "cocoop"])
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
 def test_a_killed_training_resumes_to_the_same_prompts(setup, tmp_path, monkeypatch, method):
     whole = trained_tensors(train_prompts(training_run(setup, tmp_path / "whole", method=method)))
     saves, save_state = [], training.save_state

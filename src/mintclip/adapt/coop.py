@@ -35,12 +35,17 @@ class CoOpPromptLearner(TextPromptLearner):
     """TextPromptLearner with CoOp's CLASS_TOKEN_POSITION; "end" is the parent's shared-prefix pass."""
 
     def __init__(self, model: CLIP, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = "a photo of a",
-                 ctx_vectors: Tensor | None = None, position: Position = "end") -> None:
-        super().__init__(model, classnames, n_ctx, ctx_init, ctx_vectors)
+                 ctx_vectors: Tensor | None = None, position: Position = "end", prompt_prefix: str | None = None) -> None:
+        super().__init__(model, classnames, n_ctx, ctx_init, ctx_vectors, prompt_prefix)
         self.position = position
         tokenizer = get_tokenizer(model.config.text.context_length)
         # class-name token counts, as CoOp's name_lens (the name without its trailing ".")
         self.name_lens = [len(tokenizer.encode(prompt_text("{}", name))) for name in classnames]
+
+    def image_features(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, D) normalised: the frozen image encoder, no prompt enters it (no grad)."""
+        with torch.no_grad():
+            return F.normalize(self.model.encode_image(images).float(), dim=-1)
 
     def logits(self, features: Tensor, scale: Tensor) -> Tensor:
         """Normalised image features (B, D) -> (B, C): scale * cos(image, class)."""

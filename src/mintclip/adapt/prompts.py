@@ -92,13 +92,15 @@ def encode_class_prompts(model: CLIP, classnames: list[str], templates: list[str
 
 def prompts_path(path: str | Path) -> Path:
     """A prompt file, or a folder holding one: `train-prompts`' output (prompts.safetensors) or a released
-    CoOp/CoCoOp/MaPLe run (prompt_learner/model.pth.tar-N, the highest N; else model-best.pth.tar)."""
+    CoOp/CoCoOp/MaPLe run (prompt_learner/ or, MaPLe's, MultiModalPromptLearner/model.pth.tar-N, the
+    highest N; else model-best.pth.tar)."""
     path = Path(path)
     if path.is_file():
         return path
     if (path / PROMPTS_FILE).is_file():
         return path / PROMPTS_FILE
-    learner = path / "prompt_learner" if (path / "prompt_learner").is_dir() else path
+    learner = next((path / name for name in ("prompt_learner", "MultiModalPromptLearner") if (path / name).is_dir()),
+                   path)
     epochs = sorted(learner.glob("model.pth.tar-*"), key=lambda p: int(p.name.rsplit("-", 1)[1])
                     if p.name.rsplit("-", 1)[1].isdigit() else -1)
     if epochs:
@@ -112,7 +114,8 @@ def prompts_path(path: str | Path) -> Path:
 def prompt_state(path: str | Path) -> dict[str, Tensor]:
     """The learned tensors of a prompt file by name ('ctx', and e.g. CoCoOp's 'meta_net.linear1.weight'):
     safetensors (`mintclip train-prompts`), a Dassl `model.pth.tar` ({'state_dict': ...}, whose
-    token_prefix/suffix buffers are dropped, as CoOp's load_model drops them), a dict, or a bare context
+    token_prefix/suffix buffers are dropped, as CoOp's load_model drops them; MaPLe's, which saves its
+    whole model, gives only its 'prompt_learner.' entries, without that prefix), a dict, or a bare context
     tensor. Read with weights-only loading; a Dassl checkpoint whose pickle also holds its scheduler
     object (refused by that) is read by `read_training_checkpoint`, which builds nothing but tensors.
     A folder: see `prompts_path`."""
@@ -130,6 +133,9 @@ def prompt_state(path: str | Path) -> dict[str, Tensor]:
         obj = {"ctx": obj}
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a prompt file (no tensors by name)")
+    learner = "prompt_learner."
+    if any(str(k).startswith(learner) for k in obj):
+        obj = {k[len(learner):]: v for k, v in obj.items() if str(k).startswith(learner)}
     return {k: v for k, v in obj.items() if isinstance(v, Tensor) and k not in ("token_prefix", "token_suffix")}
 
 
@@ -149,10 +155,12 @@ class TextPromptLearner(nn.Module):
 
     ctx_init: words whose token embeddings start the context ("a photo of a"); ctx_vectors: a CoOp
     context tensor; neither: N(0, 0.02²) with the placeholder "X X X X". `reset()` restores the start.
+    prompt_prefix: the words the class prompts are tokenised with before the class name, when they are
+    not the context's own (MaPLe: 2 context tokens from "a photo of a", "of a" kept as words).
     """
 
     def __init__(self, model: CLIP, classnames: list[str], n_ctx: int = 4, ctx_init: str | None = "a photo of a",
-                 ctx_vectors: Tensor | None = None) -> None:
+                 ctx_vectors: Tensor | None = None, prompt_prefix: str | None = None) -> None:
         super().__init__()
         self.model = model
         tokenizer = get_tokenizer(model.config.text.context_length)
@@ -160,7 +168,7 @@ class TextPromptLearner(nn.Module):
             n_ctx = ctx_vectors.shape[0]
         elif ctx_init:
             n_ctx = len(tokenizer.encode(ctx_init))
-        placeholder = ctx_init if ctx_init and ctx_vectors is None else " ".join(["X"] * n_ctx)
+        placeholder = prompt_prefix or (ctx_init if ctx_init and ctx_vectors is None else " ".join(["X"] * n_ctx))
         tokens = tokenizer([prompt_text(placeholder + " {}.", name) for name in classnames]).to(model.device)
         with torch.no_grad():
             embeddings = model.text.token_embedding(tokens)  # (C, 77, W)
@@ -191,10 +199,14 @@ class TextPromptLearner(nn.Module):
         sos = self.sos.expand(*ctx.shape[:-2], -1, -1)  # (1, W) or (K, 1, W)
         return torch.cat([sos, ctx.to(self.sos.dtype)], dim=-2)
 
+    def deep_prefix(self) -> list[Tensor]:
+        """Context tokens that replace the prefix's at deeper text blocks (MaPLe); none here."""
+        return []
+
     def forward(self, ctx: Tensor | None = None) -> Tensor:
         """(C, D) normalised class features of `self.ctx`; given K contexts (K, n_ctx, W), (K, C, D) in one
         pass of the text encoder (one prompt per test image of a batch), with grad to them."""
         n_prefix = 1 + self.n_ctx
         features = self.model.text.encode_shared_prefix(self.prefix(ctx), self.suffix, self.eot_index - n_prefix,
-                                                        length=self.length - n_prefix)
+                                                        length=self.length - n_prefix, deep_prefix=self.deep_prefix())
         return F.normalize(features.float(), dim=-1)

@@ -1,5 +1,5 @@
 """`mintclip train-prompts`: a prompt learner trained with labels on K shots per class before test time
-(CoOp and CoCoOp; docs/methods.md § CoOp, § CoCoOp), reproducible and resumable.
+(CoOp, CoCoOp, MaPLe; docs/methods.md § CoOp, § CoCoOp, § MaPLe), reproducible and resumable.
 
 Every random choice is a function of the seed and where training is: the shots are drawn by
 `random.Random(seed)`, epoch e's order by a generator seeded from (seed, e), each image's crop and flip
@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..adapt.base import autocast_for, parse_overrides
 from ..adapt.cocoop import CoCoOpTraining
 from ..adapt.coop import CoOpPromptLearner, CoOpTraining, save_prompts
+from ..adapt.maple import MaPLeTraining
 from ..adapt.prompts import PROMPTS_FILE
 from ..data import DatasetError, ImageDataset, open_dataset
 from ..data.decode import DecodeError, load_image
@@ -40,7 +41,7 @@ from .records import atomic_write_bytes, atomic_write_json
 
 STATE_FILE = "training_state.safetensors"
 # the learners `train-prompts` trains, each with its official defaults
-METHODS = {"coop": CoOpTraining, "cocoop": CoCoOpTraining}
+METHODS = {"coop": CoOpTraining, "cocoop": CoCoOpTraining, "maple": MaPLeTraining}
 
 
 @dataclass
@@ -178,10 +179,8 @@ def train_prompts(run: PromptTrainingRun) -> Path:
         began, seen, loss_sum, right = time.perf_counter(), 0, 0.0, 0
         for images, labels in loader:
             images, labels = images.to(model.device), labels.to(model.device)
-            with torch.no_grad(), autocast_for(model.device):
-                features = F.normalize(model.encode_image(images).float(), dim=-1)  # (B, D), frozen
             with autocast_for(model.device):
-                logits = learner.logits(features, scale)  # (B, C)
+                logits = learner.logits(learner.image_features(images), scale)  # (B, C)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

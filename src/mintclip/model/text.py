@@ -9,6 +9,8 @@ with the same tokens (SOS + a learned context), their hidden states are identica
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -48,13 +50,14 @@ class TextTransformer(nn.Module):
         return self._pool(h, eot_index)
 
     def encode_shared_prefix(self, prefix: Tensor, suffixes: Tensor, eot_index: Tensor,
-                             length: int | None = None) -> Tensor:
+                             length: int | None = None, deep_prefix: Sequence[Tensor] = ()) -> Tensor:
         """Prompts that all begin with `prefix` (P, W), followed by `suffixes` (N, S, W) -> (N, embed_dim).
         With K prefixes (K, P, W) (a buffer of prompts), each is followed by every suffix -> (K, N, embed_dim).
 
         Equals `encode_embeddings` on the concatenated sequences: each prefix runs once and its keys and
         values serve all N suffixes. eot_index (N,) counts within the suffixes; gradients from every
-        class reach the prefixes.
+        class reach the prefixes. deep_prefix: before block i (1 <= i <= len), the prefix's tokens 1..n
+        are replaced by deep_prefix[i - 1] (n, W), without positions (MaPLe's deeper text prompts).
         """
         single = prefix.ndim == 2
         prefixes = prefix.reshape(-1, *prefix.shape[-2:])  # (K, P, W)
@@ -64,7 +67,10 @@ class TextTransformer(nn.Module):
         positions = self.positional_embedding.to(suffixes.dtype)
         h_prefix = prefixes + positions[:n_prefix]
         h = (suffixes[:, :length] + positions[n_prefix:n_prefix + length]).repeat(n_prompts, 1, 1)  # row k*N + n
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
+            if 1 <= index <= len(deep_prefix):
+                deep = deep_prefix[index - 1].to(h_prefix.dtype).expand(n_prompts, -1, -1)
+                h_prefix = torch.cat([h_prefix[:, :1], deep, h_prefix[:, 1 + deep.shape[1]:]], dim=1)
             h_prefix, (keys, values) = block(h_prefix, causal=True, return_kv=True)
             if n_prompts > 1:  # one prefix broadcasts inside the attention; several are laid out per row
                 keys, values = keys.repeat_interleave(n_suffixes, 0), values.repeat_interleave(n_suffixes, 0)

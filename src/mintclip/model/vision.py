@@ -38,19 +38,26 @@ class VisionTransformer(nn.Module):
         return torch.cat([cls, patches], dim=1) + self.positional_embedding.to(patches.dtype)
 
     def forward(self, images: Tensor, kv_prompts: KVPrompts | None = None,
-                extra_tokens: Tensor | None = None) -> Tensor:
+                extra_tokens: Tensor | None = None, deep_tokens: Sequence[Tensor] = ()) -> Tensor:
         """Image features (B, embed_dim), unnormalised.
 
         kv_prompts: raw tokens added as extra keys and values at the given blocks (MINT), projected by
         that block's own W_k / W_v, without layer norm or positions; queries and output length unchanged.
         extra_tokens: (B or 1, P, width) inserted after CLS, after the positional embedding (VPT).
+        deep_tokens: before block i (1 <= i <= len), the P extra tokens are replaced by deep_tokens[i - 1]
+        (P, width) (MaPLe's deeper vision prompts).
         """
+        if deep_tokens and extra_tokens is None:
+            raise ValueError("deep_tokens replace the extra tokens, so they need extra_tokens")
         h = self.embed(images)
         if extra_tokens is not None:
             extra = extra_tokens.to(h.dtype).expand(h.shape[0], -1, -1)
             h = torch.cat([h[:, :1], extra, h[:, 1:]], dim=1)
         h = self.ln_pre(h)
         for index, block in enumerate(self.blocks):
+            if 1 <= index <= len(deep_tokens):
+                deep = deep_tokens[index - 1].to(h.dtype).expand(h.shape[0], -1, -1)
+                h = torch.cat([h[:, :1], deep, h[:, 1 + deep.shape[1]:]], dim=1)
             prompt = kv_prompts.get(index) if kv_prompts else None
             h = block(h, past_kv=block.attn.project_kv(*prompt) if prompt is not None else None)
         return self.ln_post(h[:, 0]) @ self.proj

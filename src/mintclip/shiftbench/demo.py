@@ -3,7 +3,7 @@
 whether prompts can matter on the model at all (check.py).
 
 Nothing is downloaded: the images are rendered on the spot (deterministic, a few seconds) and the tiny
-CLIP ships with the package. The prompt learners (CoOp, CoCoOp) are trained first, with their official
+CLIP ships with the package. The prompt learners (CoOp, CoCoOp, MaPLe) are trained first, with their official
 settings, on K shots per class of the source domain, shiftbench's natural few-shot training set.
 """
 
@@ -26,9 +26,9 @@ from .train import DATA_SIZE, shipped_checkpoint
 
 # The papers' row order; the online methods last. "M+coop": method M started from the trained CoOp
 # context (TPT + CoOp, and MINT as its official code runs it).
-DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "tpt", "tpt+coop", "ctpt", "zero", "mta", "mint",
+DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "maple", "tpt", "tpt+coop", "ctpt", "zero", "mta", "mint",
                 "mint+coop", "tda", "dynaprompt")
-TRAINED = ("coop", "cocoop")  # trained before test time on the source domain's shots
+TRAINED = ("coop", "cocoop", "maple")  # trained before test time on the source domain's shots
 
 
 @dataclass
@@ -40,7 +40,7 @@ class DemoConfig:
     weights: str | None = None  # default: the shipped shiftbench checkpoint
     data: str | None = None  # default: <out>/data
     seed: int = 1  # the data's seed; the model's training used 0
-    shots: int = 16  # source images per class that CoOp and CoCoOp train on (the seed table's 16 shots)
+    shots: int = 16  # source images per class the prompt learners train on (the seed table's 16 shots)
     device: str = "cpu"
     progress: bool = True
 
