@@ -26,8 +26,8 @@ from .train import DATA_SIZE, shipped_checkpoint
 
 # The papers' row order; the online methods last. "M+coop": method M started from the trained CoOp
 # context (TPT + CoOp, and MINT as its official code runs it).
-DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "maple", "tpt", "tpt+coop", "ctpt", "zero", "mta", "mint",
-                "mint+coop", "tda", "dynaprompt")
+DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "maple", "tpt", "tpt+coop", "ctpt", "sar", "zero", "mta",
+                "mint", "mint+coop", "tda", "dynaprompt")
 TRAINED = ("coop", "cocoop", "maple")  # trained before test time on the source domain's shots
 
 
