@@ -147,9 +147,11 @@ def parse_hp(pairs: Sequence[str], config_file: str | None) -> dict[str, object]
 
 
 def method_names() -> str:
+    """The registered methods; one that no official code backs says so (MetaTPT: designed from its abstract)."""
     from .adapt import available_methods
 
-    return ", ".join(available_methods())
+    return ", ".join(f"{name} ({cls.source.split('; ', 1)[1]})" if "designed from" in cls.source else name
+                     for name, cls in available_methods().items())
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -413,7 +415,9 @@ def _populate_train_prompts(trainer: argparse.ArgumentParser) -> None:
     trainer.add_argument("root", help="the data root (for 'folder' the tree itself, for 'csv' the CSV file)")
     trainer.add_argument("--train_set", "--train-set", required=True,
                          help="I (ImageNet's train split), folder, folder:NAME or csv")
-    trainer.add_argument("--method", default="coop", choices=sorted(METHODS), help="the prompt learner")
+    trainer.add_argument("--method", default="coop", choices=sorted(METHODS),
+                         help="the prompt learner (metatpt: its augmentation network, designed from the MetaTPT "
+                              "abstract, no official code being public)")
     trainer.add_argument("--shots", type=positive_int, default=16, help="training images per class")
     trainer.add_argument("--seed", type=non_negative_int, default=1, help="draws the shots, orders and crops")
     trainer.add_argument("--weights", required=True, help="CLIP checkpoint: a path or a name")

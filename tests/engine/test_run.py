@@ -28,8 +28,9 @@ def trained_prompts(method, tree, checkpoint, out) -> str:
 def test_every_method_runs_end_to_end(method, tree, checkpoint, tmp_path, capsys):
     out = tmp_path / method
     hp = ["precision=fp32", *TINY_MODEL_HP.get(method, [])]
-    if method in ("cocoop", "maple"):  # untrained, their extra parts are random: they refuse to run without prompts
-        hp.append(f"prompts={trained_prompts(method, tree, checkpoint, tmp_path / 'prompts')}")
+    if method in ("cocoop", "maple", "metatpt"):  # untrained, their extra parts are random: they refuse to run so
+        key = "meta" if method == "metatpt" else "prompts"
+        hp.append(f"{key}={trained_prompts(method, tree, checkpoint, tmp_path / 'prompts')}")
     assert main(run_args(tree, checkpoint, out, method, "--limit", "3", "--hp", *hp)) == 0
     records = read_records(out / "seed0" / "folder" / "records.jsonl")
     assert len(records) == 3

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mintclip.adapt.coop import CoOpTraining
+from mintclip.adapt.coop import CoOpTraining, read_prompt_config
 from mintclip.cli import main
 from mintclip.data import DatasetError, open_dataset
 from mintclip.engine import RunError
@@ -73,7 +73,7 @@ def same_tensors(a, b):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple", "metatpt"])
 def test_the_same_seed_gives_the_same_prompts(setup, tmp_path, method):
     first, second, other = (trained_tensors(train_prompts(training_run(setup, tmp_path / name, method=method, seed=seed)))
                             for name, seed in (("a", 1), ("b", 1), ("c", 2)))
@@ -82,7 +82,7 @@ def test_the_same_seed_gives_the_same_prompts(setup, tmp_path, method):
     assert ("compound_prompts_text.1" in first) == (method == "maple")
 
 
-@pytest.mark.parametrize("method", ["coop", "cocoop", "maple"])
+@pytest.mark.parametrize("method", ["coop", "cocoop", "maple", "metatpt"])
 def test_a_killed_training_resumes_to_the_same_prompts(setup, tmp_path, monkeypatch, method):
     whole = trained_tensors(train_prompts(training_run(setup, tmp_path / "whole", method=method)))
     saves, save_state = [], training.save_state
@@ -98,7 +98,7 @@ def test_a_killed_training_resumes_to_the_same_prompts(setup, tmp_path, monkeypa
     assert saves[-1] == (1, 1)  # killed inside the second epoch, after its first step
     monkeypatch.setattr(training, "save_state", save_state)
     path = train_prompts(training_run(setup, tmp_path / "killed", method=method, resume=True))
-    assert same_tensors(trained_tensors(path), whole) and len(trained_context(path)[1]["history"]) == 4
+    assert same_tensors(trained_tensors(path), whole) and len(read_prompt_config(path)["history"]) == 4
 
 
 def test_what_cannot_train_is_refused_in_one_line(setup, tmp_path):

@@ -47,6 +47,10 @@ class CoOpPromptLearner(TextPromptLearner):
         with torch.no_grad():
             return F.normalize(self.model.encode_image(images).float(), dim=-1)
 
+    def batch_logits(self, images: Tensor, scale: Tensor) -> Tensor:
+        """What training scores: (B, 3, H, W) -> (B, C)."""
+        return self.logits(self.image_features(images), scale)
+
     def logits(self, features: Tensor, scale: Tensor) -> Tensor:
         """Normalised image features (B, D) -> (B, C): scale * cos(image, class)."""
         return scale * features @ self().float().T

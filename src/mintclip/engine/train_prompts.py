@@ -30,6 +30,7 @@ from ..adapt.base import autocast_for, parse_overrides
 from ..adapt.cocoop import CoCoOpTraining
 from ..adapt.coop import CoOpPromptLearner, CoOpTraining, save_prompts
 from ..adapt.maple import MaPLeTraining
+from ..adapt.metatpt import MetaTPTTraining
 from ..adapt.prompts import PROMPTS_FILE
 from ..data import DatasetError, ImageDataset, open_dataset
 from ..data.decode import DecodeError, load_image
@@ -41,7 +42,7 @@ from .records import atomic_write_bytes, atomic_write_json
 
 STATE_FILE = "training_state.safetensors"
 # the learners `train-prompts` trains, each with its official defaults
-METHODS = {"coop": CoOpTraining, "cocoop": CoCoOpTraining, "maple": MaPLeTraining}
+METHODS = {"coop": CoOpTraining, "cocoop": CoCoOpTraining, "maple": MaPLeTraining, "metatpt": MetaTPTTraining}
 
 
 @dataclass
@@ -180,7 +181,7 @@ def train_prompts(run: PromptTrainingRun) -> Path:
         for images, labels in loader:
             images, labels = images.to(model.device), labels.to(model.device)
             with autocast_for(model.device):
-                logits = learner.logits(learner.image_features(images), scale)  # (B, C)
+                logits = learner.batch_logits(images, scale)  # (B, C)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

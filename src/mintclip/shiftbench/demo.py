@@ -3,8 +3,9 @@
 whether prompts can matter on the model at all (check.py).
 
 Nothing is downloaded: the images are rendered on the spot (deterministic, a few seconds) and the tiny
-CLIP ships with the package. The prompt learners (CoOp, CoCoOp, MaPLe) are trained first, with their official
-settings, on K shots per class of the source domain, shiftbench's natural few-shot training set.
+CLIP ships with the package. The prompt learners (CoOp, CoCoOp, MaPLe, and MetaTPT's augmentation
+network) are trained first, with their default settings, on K shots per class of the source domain,
+shiftbench's natural few-shot training set.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from .train import DATA_SIZE, shipped_checkpoint
 
 # The papers' row order; the online methods last. "M+coop": method M started from the trained CoOp
 # context (TPT + CoOp, and MINT as its official code runs it).
-DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "maple", "tpt", "tpt+coop", "ctpt", "sar", "zero", "mta",
-                "mint", "mint+coop", "tda", "dynaprompt")
-TRAINED = ("coop", "cocoop", "maple")  # trained before test time on the source domain's shots
+DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "maple", "tpt", "tpt+coop", "metatpt", "ctpt", "sar", "zero",
+                "mta", "mint", "mint+coop", "tda", "dynaprompt")
+# trained before test time on the source domain's shots, and the hyper-parameter that takes the file
+TRAINED = {"coop": "prompts", "cocoop": "prompts", "maple": "prompts", "metatpt": "meta"}
 
 
 @dataclass
@@ -83,7 +85,7 @@ def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
     for row in config.methods:
         started = time.perf_counter()
         method, _, start = row.partition("+")
-        hp = {"prompts": str(demo_prompts(config, method, weights, log))} if method in TRAINED else {}
+        hp = {TRAINED[method]: str(demo_prompts(config, method, weights, log))} if method in TRAINED else {}
         if start:
             hp["coop"] = str(demo_prompts(config, start, weights, log))
         run(RunConfig(data_root=str(data), test_sets=[f"folder:{d}" for d in SHIFTED], method=method,
