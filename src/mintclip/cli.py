@@ -276,7 +276,8 @@ def _train_prompts(args: argparse.Namespace) -> int:
         path = train_prompts(run)
     except KeyboardInterrupt:
         raise TrainingInterrupted(args.out) from None
-    print(f"use it: mintclip run DATA --test_sets ... --method {args.method} --hp prompts={path}")
+    key = "meta" if args.method == "metatpt" else "prompts"
+    print(f"use it: mintclip run DATA --test_sets ... --method {args.method} --hp {key}={path}")
     return 0
 
 
@@ -523,10 +524,11 @@ COMMANDS = (  # name, one-line help, description, how its options are added
      "Run a method once per point of a hyper-parameter grid (--grid) or of one-at-a-time ablations (--ablation), "
      "each point an ordinary run folder with the same images, order and views; --resume continues the sweep; "
      "then the report over the points, with a sensitivity plot per swept key.", _populate_sweep),
-    ("train-prompts", "train CoOp, CoCoOp or MaPLe prompts on K shots per class, before test time",
+    ("train-prompts", "train CoOp, CoCoOp, MaPLe or MetaTPT on K shots per class, before test time",
      "Sample K images per class with a seed from a training set, train a prompt learner with labels as its "
-     "official code does, and save the prompts (safetensors, with the settings and the sampled files); --resume "
-     "continues a killed training exactly. Evaluate with `mintclip run --method METHOD --hp prompts=OUT`.",
+     "official code does (MetaTPT: as designed from its abstract), and save the prompts (safetensors, with the "
+     "settings and the sampled files); --resume continues a killed training exactly. Evaluate with `mintclip run "
+     "--method METHOD --hp prompts=OUT` (MetaTPT: meta=OUT).",
      _populate_train_prompts),
     ("report", "tables, gains over zero-shot with intervals, and plots over runs",
      "Combine run folders into the papers' table (a row per run), each run's gain over zero-shot with a paired "
