@@ -499,7 +499,7 @@ def _populate_shiftbench(shiftbench: argparse.ArgumentParser) -> None:
     check.add_argument("--domains", help="e.g. sketch/rendition (default: the four shifted domains)")
     check.add_argument("--json", help="also write the figures and verdicts here")
     check.set_defaults(handler=_shiftbench_check)
-    trainer = tasks.add_parser("train", help="train the tiny CLIP on the source style (reproduces the shipped one)")
+    trainer = tasks.add_parser("train", help="train the tiny CLIP on its web-like corpus (reproduces the shipped one)")
     trainer.add_argument("--out", default="shiftbench_vit_tiny.safetensors", help="the checkpoint to write")
     trainer.add_argument("--steps", type=positive_int, default=train_defaults.steps, help="optimiser steps")
     trainer.add_argument("--batch", type=positive_int, default=train_defaults.batch, help="images per step")

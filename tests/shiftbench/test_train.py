@@ -1,5 +1,6 @@
 """The shipped shiftbench CLIP: a real checkpoint in mintclip's layout that reads shapes well in the
-source style and worse, but far above chance, under every shift; and its training is reproducible."""
+source style and worse, but far above chance, under the shifts its corpus left out; and its training is
+reproducible."""
 
 import pytest
 import torch
@@ -30,13 +31,22 @@ def accuracy(model):
     return {domain: zero_shot_accuracy(model, *held_out_views(domain, per_class=10)) for domain in ("source", *SHIFTED)}
 
 
-def test_zero_shot_is_high_on_held_out_source_images(accuracy):
-    assert accuracy["source"] >= 90.0  # measured 93.0 (README)
+# zero-shot top-1 (%) on these 200 images per domain, as the README states them
+STATED = {"source": 92.5, "sketch": 89.5, "rendition": 65.5, "hard": 27.0, "resampled": 49.0}
 
 
-@pytest.mark.parametrize("domain", SHIFTED)
-def test_every_shift_costs_accuracy_but_leaves_it_far_above_chance(accuracy, domain):
-    assert 3 * CHANCE < accuracy[domain] < accuracy["source"] - 5
+@pytest.mark.parametrize("domain", ["source", *SHIFTED])
+def test_zero_shot_reaches_its_stated_accuracy(accuracy, domain):
+    assert accuracy[domain] >= STATED[domain] - 2  # a margin of 4 images in 200
+
+
+@pytest.mark.parametrize("domain", ["rendition", "hard", "resampled"])
+def test_the_unseen_shifts_cost_accuracy_but_leave_it_far_above_chance(accuracy, domain):
+    assert 3 * CHANCE < accuracy[domain] < accuracy["source"] - 20
+
+
+def test_sketch_costs_little_since_the_corpus_draws_sketches_as_the_domain_does(accuracy):
+    assert accuracy["source"] - 10 < accuracy["sketch"] < accuracy["source"]
 
 
 def test_training_is_reproducible():

@@ -8,8 +8,8 @@ checks involve no method under study (no MINT): each asks only whether prompts c
 
 1. prompt sensitivity: the ensemble, and prompts that name the style, against "a photo of a" on the
    styled domains (sketch, rendition);
-2. supervised bound: a CoOp context tuned with labels on target images of each shifted domain,
-   scored on other (held-out) images of that domain;
+2. supervised bound: a CoOp context trained with labels (CoOp's recipe) on target images of each
+   shifted domain, scored on other (held-out) images of that domain;
 3. ZERO's vote of the confident views against zero-shot;
 4. TPT's one step: how many predictions it flips, and how far it moves the class text features.
 """
@@ -24,6 +24,8 @@ from PIL import Image
 from torch import Tensor
 
 from ..adapt import build_method
+from ..adapt.coop import CoOpTraining
+from ..engine.train_prompts import epoch_batches, learning_rate
 from ..adapt.prompts import TextPromptLearner, encode_class_prompts
 from ..adapt.zero import zero_vote
 from ..data import TestSet, template_set
@@ -68,18 +70,25 @@ def top1(features: Tensor, text: Tensor, labels: Tensor) -> float:
     return 100.0 * float(((features @ text.T).argmax(-1).cpu() == labels).float().mean())
 
 
-def supervised_context(model: CLIP, features: Tensor, labels: Tensor, steps: int = 200, lr: float = 5e-3) -> Tensor:
-    """CoOp with labels: a 4-token context from "a photo of a", AdamW on the cross-entropy of the
-    logit-scaled cosines of the target images; returns the tuned class features (C, D)."""
+def supervised_context(model: CLIP, features: Tensor, labels: Tensor, seed: int = 0) -> Tensor:
+    """CoOp with labels: a 4-token context from "a photo of a", trained by CoOp's recipe (`CoOpTraining`:
+    SGD at 0.002 with momentum and weight decay, 50 epochs of batch 32 under its warm-up and cosine) on the
+    cross-entropy of the logit-scaled cosines of the target images' view-0 features; returns the tuned
+    class features (C, D)."""
     learner = TextPromptLearner(model, list(CLASSES), ctx_init="a photo of a")
-    optimizer = torch.optim.AdamW([learner.ctx], lr=lr)
+    coop = CoOpTraining()
+    optimizer = torch.optim.SGD([learner.ctx], lr=coop.lr, momentum=coop.momentum, weight_decay=coop.weight_decay)
     scale = model.logit_scale.detach().float().exp()
+    labels = labels.to(features.device)
     with torch.enable_grad():
-        for _ in range(steps):
-            loss = F.cross_entropy(scale * features @ learner().T, labels.to(features.device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        for epoch in range(coop.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(epoch, coop)
+            for batch in epoch_batches(len(labels), coop.batch_size, seed, epoch):
+                loss = F.cross_entropy(scale * features[batch] @ learner().T, labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
     with torch.no_grad():
         return learner()
 

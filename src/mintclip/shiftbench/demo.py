@@ -80,7 +80,7 @@ def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
     per_domain = min(rendered, config.samples or rendered)
     log(f"mintclip demo: shiftbench, synthetic images of {len(CLASSES)} classes; domains {', '.join(SHIFTED)} "
         f"({per_domain} images each) in {data}")
-    log(f"  model {weights} (a tiny CLIP trained on the source style only)")
+    log(f"  model {weights} (a tiny CLIP pretrained on a web-like mix of photos and styled images)")
     log(f"  methods {', '.join(config.methods)}; writing to {runs} (runs already there with these settings resume)")
     for row in config.methods:
         started = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -256,9 +256,13 @@ LOOKS = {
 }
 
 
-def _photo(label: int, rng: np.random.Generator, size: int, look: _Look) -> tuple[Image.Image, Scene]:
+SMALL_SCALES = (0.22, 0.4)  # a "small" photo of the corpus: the source look's objects span 0.4-0.8
+
+
+def _photo(label: int, rng: np.random.Generator, size: int, look: _Look,
+           off_centre: bool = False) -> tuple[Image.Image, Scene]:
     """A lit, patterned object with a drop shadow on a natural-looking background."""
-    shape = _place(label, rng, size, look.turn, look.scales)
+    shape = _place(label, rng, size, look.turn, look.scales, off_centre)
     kinds = list(look.backgrounds)
     background = kinds[rng.choice(len(kinds), p=list(look.backgrounds.values()))]
     img = _background(background, rng, size)
@@ -291,10 +295,13 @@ def _sketch(label: int, rng: np.random.Generator, size: int) -> tuple[Image.Imag
             Scene(label, "black" if lead < 50 else "grey", shape.size, shape.position, "white", fill))
 
 
-def _rendition(label: int, rng: np.random.Generator, size: int) -> tuple[Image.Image, Scene]:
-    """One of: cartoon, painting, neon on black, pastel, or an inverted photo."""
+RENDITION_STYLES = ("cartoon", "painting", "neon", "pastel", "inverted")
+
+
+def _rendition(label: int, rng: np.random.Generator, size: int, style: str | None = None) -> tuple[Image.Image, Scene]:
+    """One of: cartoon, painting, neon on black, pastel, or an inverted photo (drawn from rng unless given)."""
     shape = _place(label, rng, size, 30, (0.4, 0.8))
-    style = ("cartoon", "painting", "neon", "pastel", "inverted")[rng.integers(5)]
+    style = style or RENDITION_STYLES[rng.integers(5)]
     word, other = (list(VIVID)[i] for i in rng.choice(len(VIVID), 2, replace=False))
     rgb, a, d = VIVID[word], shape.alpha, shape.detail
     if style in ("painting", "inverted"):
@@ -386,6 +393,20 @@ def _occlude(img: np.ndarray, shape: _Shape, rng: np.random.Generator) -> None:
         if (cover * shape.alpha).sum() <= 0.3 * shape.alpha.sum():
             break
     img[:] = img * (1 - cover) + _rgb(rng.uniform(0, 255, 3)) * cover
+
+
+def render_pretraining(label: int, kind: str, rng: np.random.Generator, size: int, small: bool = False,
+                       off_centre: bool = False) -> tuple[Image.Image, Scene]:
+    """An image for the pretraining corpus (corpus.py): a source-look photo (smaller or off-centre on
+    request), a sketch, or one rendition style, drawn by the same code as the domains."""
+    if kind == "photo":
+        look = replace(LOOKS["source"], scales=SMALL_SCALES) if small else LOOKS["source"]
+        return _photo(label, rng, size, look, off_centre)
+    if kind == "sketch":
+        return _sketch(label, rng, size)
+    if kind not in RENDITION_STYLES:
+        raise ValueError(f"unknown kind {kind!r}; expected photo, sketch or one of {', '.join(RENDITION_STYLES)}")
+    return _rendition(label, rng, size, kind)
 
 
 def render(label: int, domain: str, rng: np.random.Generator, size: int = 96) -> tuple[Image.Image, Scene]:
