@@ -72,10 +72,10 @@ class PhaseClock:
         def tap_tokens(images, blocks, *args, **kwargs):
             return "image", images.shape[0] * per_view * (max(blocks) + 1) / len(visual.blocks)
 
-        def embedding_tokens(embeddings, eot_index, length=None):
+        def embedding_tokens(embeddings, eot_index, length=None, **_):
             return "text", embeddings.shape[0] * (int(eot_index.max()) + 1 if length is None else length)
 
-        def prefix_tokens(prefix, suffixes, eot_index, length=None):
+        def prefix_tokens(prefix, suffixes, eot_index, length=None, **_):  # deep_prefix adds no token
             prompts = 1 if prefix.ndim == 2 else prefix.shape[0]
             length = int(eot_index.max()) + 1 if length is None else length
             return "text", prompts * (prefix.shape[-2] + suffixes.shape[0] * length)
