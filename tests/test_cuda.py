@@ -11,6 +11,10 @@ import torch
 from PIL import Image
 
 from mintclip.adapt import build_method
+from mintclip.adapt.cocoop import CoCoOpPromptLearner
+from mintclip.adapt.coop import save_prompts
+from mintclip.adapt.maple import MaPLePromptLearner
+from mintclip.adapt.metatpt import MetaTPTLearner
 from mintclip.cli import main
 from mintclip.data import TestSet, ViewMaker
 from mintclip.engine.records import read_records
@@ -22,21 +26,35 @@ DEVICE = "cuda" if torch.cuda.is_available() else os.environ.get("MINTCLIP_CUDA_
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(DEVICE is None, reason="needs a CUDA GPU "
                                                     "(MINTCLIP_CUDA_TESTS_ON=cpu runs the logic on the CPU)")]
 NEAR_TIE = 0.1  # fp32 top-1 minus top-2 probability below which bf16 may pick the other class
-TINY_VIT = {"mint": {"query_layers": "0,1,2", "bank_size": 16}}
-METHODS = ["zeroshot", "ensemble", "tpt", "ctpt", "zero", "mta", "mint", "tda", "dynaprompt"]
+TINY_VIT = {"mint": {"query_layers": "0,1,2", "bank_size": 16}, "sar": {"batch_size": 2}}
+METHODS = ["zeroshot", "ensemble", "coop", "cocoop", "maple", "tpt", "metatpt", "ctpt", "sar", "zero", "mta", "mint",
+           "tda", "dynaprompt"]
+LEARNERS = {"cocoop": ("prompts", CoCoOpPromptLearner), "maple": ("prompts", MaPLePromptLearner),
+            "metatpt": ("meta", MetaTPTLearner)}  # what these read from a trained file; untrained ones serve
 
 
-def predictions(name: str, precision: str) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """name -> the hyper-parameter naming a prompt file of an untrained learner (their parts at random)."""
+    folder, files = tmp_path_factory.mktemp("prompts"), {}
+    for name, (key, learner) in LEARNERS.items():
+        torch.manual_seed(0)
+        save_prompts(folder / f"{name}.safetensors", learner(frozen_clip(), CLASSES).learned(), {"method": name})
+        files[name] = {key: str(folder / f"{name}.safetensors")}
+    return files
+
+
+def predictions(name: str, precision: str, trained: dict[str, dict[str, str]]) -> torch.Tensor:
     """Six images of 16 views (one for one-view methods), streamed through a fresh method: (6, C)."""
-    method = build_method(name, {"precision": precision, **TINY_VIT.get(name, {})})
+    method = build_method(name, {"precision": precision, **TINY_VIT.get(name, {}), **trained.get(name, {})})
     method.setup(frozen_clip().to(DEVICE), TestSet.named("A", CLASSES))
     views = min(method.views_per_image, 16)
     return torch.stack([method.predict(random_views(n=views, seed=s).to(DEVICE)) for s in range(6)]).float().cpu()
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_bf16_autocast_predicts_as_fp32_up_to_near_ties(name):
-    fp32, bf16 = predictions(name, "fp32"), predictions(name, "bf16")
+def test_bf16_autocast_predicts_as_fp32_up_to_near_ties(name, trained):
+    fp32, bf16 = predictions(name, "fp32", trained), predictions(name, "bf16", trained)
     top2 = fp32.softmax(-1).topk(2).values
     decided = top2[:, 0] - top2[:, 1] >= NEAR_TIE
     assert torch.equal(fp32.argmax(-1)[decided], bf16.argmax(-1)[decided])
