@@ -132,3 +132,14 @@ def test_the_command_trains_and_the_run_uses_the_prompts(setup, tmp_path, capsys
                  "--weights", str(setup / "tiny.safetensors"), "--out", str(tmp_path / "run"), "--workers", "0",
                  "--no-progress"]) == 0
     assert f"context from {out / 'prompts.safetensors'}" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_ctrl_c_keeps_the_state_and_says_how_to_resume(setup, tmp_path, capsys, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(training, "save_state", interrupted)
+    args = ["train-prompts", str(setup), "--train_set", "folder:source", "--weights", str(setup / "tiny.safetensors"),
+            "--out", str(tmp_path / "coop"), "--shots", "2", "--workers", "0", "--hp", "epochs=1", "batch_size=4"]
+    assert main(args) == 130
+    message = capsys.readouterr().err
+    assert "the training state is kept in" in message and message.rstrip().endswith("--resume")
