@@ -159,14 +159,14 @@ def train_prompts(run: PromptTrainingRun) -> Path:
     dataset = open_training_set(run.data_root, run.train_set)
     model, _ = load_clip(run.weights, device=run.device)
     files, skipped = usable_files(sample_shots(dataset, run.shots, run.seed), run.log)
-    torch.manual_seed(run.seed)  # CoCoOp's meta-net starts from nn.Linear's random initialisation
+    torch.manual_seed(run.seed)  # the learners' random parts (CoCoOp's meta-net, MaPLe's, MetaTPT's) start from it
     learner = hp.learner(model, dataset.classnames)
     optimizer = torch.optim.SGD(learner.learned().values(), lr=hp.lr, momentum=hp.momentum,
                                 weight_decay=hp.weight_decay)
     identity = {**run.identity(), "hp": asdict(hp)}
-    epoch, step, history = 0, 0, []
+    epoch, step, history, partial = 0, 0, [], [0, 0.0, 0, 0.0]
     if state_path.exists():
-        epoch, step, history = load_state(state_path, identity, learner, optimizer)
+        epoch, step, history, partial = load_state(state_path, identity, learner, optimizer)
         run.log(f"resuming at epoch {epoch + 1}, step {step}")
     run.log(f"train-prompts: {run.method} on {dataset.summary()}; {len(files)} shots ({run.shots} per class, seed "
             f"{run.seed}); {hp.epochs} epochs of batch {hp.batch_size} on {run.device}")
@@ -177,7 +177,8 @@ def train_prompts(run: PromptTrainingRun) -> Path:
         batches = epoch_batches(len(files), hp.batch_size, run.seed, epoch)
         shots = AugmentedShots(files, model, run.seed, epoch, hp.min_crop_scale)
         loader = DataLoader(shots, batch_sampler=batches[step:], num_workers=run.workers)
-        began, seen, loss_sum, right = time.perf_counter(), 0, 0.0, 0
+        seen, loss_sum, right, seconds = partial  # an epoch resumed part-way counts its earlier steps too
+        began = time.perf_counter() - seconds
         for images, labels in loader:
             images, labels = images.to(model.device), labels.to(model.device)
             with autocast_for(model.device):
@@ -191,13 +192,14 @@ def train_prompts(run: PromptTrainingRun) -> Path:
             loss_sum += float(loss.detach()) * len(labels)
             right += int((logits.argmax(-1) == labels).sum())
             if step % run.save_every == 0 and step < len(batches):
-                save_state(state_path, identity, learner, optimizer, epoch, step, history)
+                save_state(state_path, identity, learner, optimizer, epoch, step, history,
+                           [seen, loss_sum, right, time.perf_counter() - began])
         history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "accuracy": 100.0 * right / max(seen, 1),
                         "lr": learning_rate(epoch, hp), "images_per_s": seen / (time.perf_counter() - began)})
         run.log("  epoch {epoch}/{total}  loss {loss:.4f}  acc {accuracy:.1f}%  lr {lr:.2e}  {images_per_s:.0f} img/s"
                 .format(total=hp.epochs, **history[-1]))
-        step = 0
-        save_state(state_path, identity, learner, optimizer, epoch + 1, 0, history)
+        step, partial = 0, [0, 0.0, 0, 0.0]
+        save_state(state_path, identity, learner, optimizer, epoch + 1, 0, history, partial)
     config = {"method": run.method, "n_ctx": learner.n_ctx, "ctx_init": hp.ctx_init,
               "class_token_position": hp.class_token_position, "training": identity, "classnames": dataset.classnames,
               "files": [[relative(path, dataset.root), label] for path, label in files], "skipped": skipped,
@@ -217,7 +219,7 @@ def relative(path: Path, root: Path) -> str:
 
 
 def save_state(path: Path, identity: dict, learner: CoOpPromptLearner, optimizer: torch.optim.SGD,
-               epoch: int, step: int, history: list[dict]) -> None:
+               epoch: int, step: int, history: list[dict], partial: list) -> None:
     """The learned tensors and SGD's momentum of each, where training is, and what it is: written atomically."""
     tensors = {}
     for name, param in learner.learned().items():
@@ -226,12 +228,12 @@ def save_state(path: Path, identity: dict, learner: CoOpPromptLearner, optimizer
         if momentum is not None:
             tensors[f"momentum/{name}"] = momentum.detach().cpu().contiguous()
     meta = {"identity": json.dumps(identity, sort_keys=True), "epoch": str(epoch), "step": str(step),
-            "history": json.dumps(history)}
+            "history": json.dumps(history), "partial": json.dumps(partial)}
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=meta))
 
 
 def load_state(path: Path, identity: dict, learner: CoOpPromptLearner,
-               optimizer: torch.optim.SGD) -> tuple[int, int, list[dict]]:
+               optimizer: torch.optim.SGD) -> tuple[int, int, list[dict], list]:
     with safe_open(str(path), "pt") as handle:
         meta = handle.metadata()
         if json.loads(meta["identity"]) != json.loads(json.dumps(identity, sort_keys=True)):
@@ -241,4 +243,4 @@ def load_state(path: Path, identity: dict, learner: CoOpPromptLearner,
                 param.copy_(handle.get_tensor(name).to(param))
             if f"momentum/{name}" in handle.keys():
                 optimizer.state[param]["momentum_buffer"] = handle.get_tensor(f"momentum/{name}").to(param)
-    return int(meta["epoch"]), int(meta["step"]), json.loads(meta["history"])
+    return int(meta["epoch"]), int(meta["step"]), json.loads(meta["history"]), json.loads(meta["partial"])
