@@ -469,7 +469,7 @@ def _populate_demo(demo: argparse.ArgumentParser) -> None:
                       help="at most this many images per domain, run under OUT/samples-N (default: all, under OUT)")
     demo.add_argument("--per-class", type=positive_int, default=5, help="images per class and domain (20 classes)")
     demo.add_argument("--shots", type=positive_int, default=16,
-                      help="source images per class that CoOp, CoCoOp and MaPLe train on before the test")
+                      help="source images per class that CoOp, CoCoOp, MaPLe and MetaTPT train on before the test")
     demo.add_argument("--weights", help="another CLIP checkpoint (default: the shipped shiftbench model)")
     demo.add_argument("--data", help="where the images go (default: <out>/data)")
     demo.add_argument("--gpu", type=non_negative_int, help="CUDA device index (default: the CPU, or --device)")
