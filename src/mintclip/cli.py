@@ -147,10 +147,10 @@ def parse_hp(pairs: Sequence[str], config_file: str | None) -> dict[str, object]
 
 
 def method_names() -> str:
-    """The registered methods; one that no official code backs says so (MetaTPT: designed from its abstract)."""
+    """The registered methods; one that no official code backs says so."""
     from .adapt import available_methods
 
-    return ", ".join(f"{name} ({cls.source.split('; ', 1)[1]})" if "designed from" in cls.source else name
+    return ", ".join(name if cls.official else f"{name} (designed from its paper: no official code is public)"
                      for name, cls in available_methods().items())
 
 

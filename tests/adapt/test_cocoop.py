@@ -71,9 +71,9 @@ def test_a_released_checkpoint_predicts_as_the_official_forward(model, tmp_path)
 
 
 def test_it_refuses_to_run_untrained_or_on_a_coop_file(model, tmp_path):
-    with pytest.raises(ValueError, match="needs trained prompts"):
+    with pytest.raises(ValueError, match="needs its trained file"):
         build_method("cocoop").check(model)
     save_prompts(tmp_path / "coop.safetensors", {"ctx": torch.zeros(4, 64)}, {"method": "coop"})
     cocoop = build_method("cocoop", {"prompts": str(tmp_path / "coop.safetensors")})
-    with pytest.raises(ValueError, match="not a CoCoOp prompt file"):
+    with pytest.raises(ValueError, match="not a cocoop file"):
         cocoop.setup(model, TestSet.named("folder", CLASSES))

@@ -95,5 +95,5 @@ def test_a_released_checkpoint_loads_to_the_same_predictions(model, learner, tmp
 
 
 def test_it_refuses_to_run_untrained(model):
-    with pytest.raises(ValueError, match="needs trained prompts"):
+    with pytest.raises(ValueError, match="needs its trained file: --hp prompts=PATH"):
         build_method("maple").check(model)

@@ -48,5 +48,5 @@ def test_the_meta_loss_reaches_the_augmentation_network_only(model):
 
 
 def test_it_refuses_to_run_without_its_meta_trained_network(model):
-    with pytest.raises(ValueError, match="meta-trained"):
+    with pytest.raises(ValueError, match="needs its trained file: --hp meta=PATH"):
         build_method("metatpt").check(model)

@@ -68,6 +68,7 @@ class Method(ABC):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     source: ClassVar[str] = ""  # where the defaults come from: official code file or paper
     calibrated: ClassVar[bool] = True  # softmax of the logits is a probability, so ECE means something
+    official: ClassVar[bool] = True  # False: no official code exists; the method is designed from its paper
     # the config overrides that select the official code's order of work (mintclip.reference), where a
     # method's own path reorders it: the same numbers by more work, timed against it by `mintclip bench`
     reference_overrides: ClassVar[dict[str, Any]] = {}
@@ -83,7 +84,7 @@ class Method(ABC):
         then the step is skipped and counted, as a gradient scaler skips it, so no prompt, bank or
         optimiser state of a later sample is poisoned. Costs one host synchronisation per step."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if not all_finite(grads):
             self._tally.skipped_updates += 1
             return
         optimizer.step()
@@ -153,6 +154,11 @@ class Method(ABC):
         features = F.normalize(features.float(), dim=-1)
         self._tally.view0_features = features.reshape(-1, views.shape[-4], features.shape[-1])[:, 0]
         return features
+
+
+def all_finite(tensors: list[Tensor]) -> bool:
+    """Whether every tensor is free of NaN and infinity (true for none); one host synchronisation."""
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def autocast_for(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from ..data import TestSet
 from ..model import CLIP
-from .base import Method, MethodConfig, register
-from .coop import CoOpPromptLearner, CoOpTraining
+from .base import MethodConfig, register
+from .coop import CoOpPromptLearner, CoOpTraining, TrainedPromptsMethod
 from .prompts import prompt_state, prompts_path
 
 
@@ -65,27 +65,19 @@ class CoCoOpTraining(CoOpTraining):
 
 
 @register
-class CoCoOp(Method):
+class CoCoOp(TrainedPromptsMethod):
     """The trained context and meta-net as a classifier on the original view (CoCoOp's test pass)."""
 
     name = "cocoop"
-    n_views = 1
     Config = CoCoOpConfig
     source = "KaiyangZhou/CoOp@1fbb1a6 trainers/cocoop.py; configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
 
-    def check(self, model: CLIP) -> None:
-        if self.config.prompts is None:
-            raise ValueError("cocoop needs trained prompts: --hp prompts=PATH (mintclip train-prompts --method "
-                             "cocoop, or a released CoCoOp run)")
-
     def setup(self, model: CLIP, test_set: TestSet) -> None:
         self.model = model
-        state = prompt_state(self.config.prompts)
-        if not any(key.startswith("meta_net.") for key in state):
-            raise ValueError(f"{self.config.prompts}: no meta_net tensors: not a CoCoOp prompt file")
-        self.learner = CoCoOpPromptLearner(model, test_set.classnames, ctx_vectors=state["ctx"].to(model.device))
-        self.learner.meta_net.load_state_dict({k[len("meta_net."):]: v for k, v in state.items()
-                                               if k.startswith("meta_net.")})
+        state = prompt_state(self.trained_file)
+        ctx = state.get("ctx")
+        self.learner = CoCoOpPromptLearner(model, test_set.classnames, ctx_vectors=None if ctx is None else ctx.to(model.device))
+        self.load_learned(self.learner, state)
 
     @torch.no_grad()
     def predict(self, views: Tensor) -> Tensor:
@@ -94,4 +86,4 @@ class CoCoOp(Method):
             return self.learner.logits(features, self.model.logit_scale.exp().float())[0]  # (C,)
 
     def notes(self) -> list[str]:
-        return [f"cocoop: context and meta-net from {prompts_path(self.config.prompts)}"]
+        return [f"cocoop: context and meta-net from {prompts_path(self.trained_file)}"]

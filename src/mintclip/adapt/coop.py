@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from ..data import TestSet
 from ..model import CLIP
 from .base import Method, MethodConfig, register
 from .prompts import TextPromptLearner, get_tokenizer, load_coop_context, prompt_text, prompts_path
+from .zeroshot import ZeroShot
 
 Position = Literal["end", "middle", "front"]
 
@@ -40,7 +41,18 @@ class CoOpPromptLearner(TextPromptLearner):
         self.position = position
         tokenizer = get_tokenizer(model.config.text.context_length)
         # class-name token counts, as CoOp's name_lens (the name without its trailing ".")
-        self.name_lens = [len(tokenizer.encode(prompt_text("{}", name))) for name in classnames]
+        name_lens = [len(tokenizer.encode(prompt_text("{}", name))) for name in classnames]
+        self.register_buffer("order", torch.tensor([self._order(n) for n in name_lens], device=model.device))
+
+    def _order(self, name_len: int) -> list[int]:
+        """Where each position of one class prompt comes from in the end layout [SOS][ctx][name][rest]."""
+        n, half = self.n_ctx, self.n_ctx // 2
+        ctx, name, rest = range(1, 1 + n), range(1 + n, 1 + n + name_len), range(1 + n + name_len, self.length)
+        if self.position == "middle":
+            return [0, *ctx[:half], *name, *ctx[half:], *rest]
+        if self.position == "front":
+            return [0, *name, *ctx, *rest]
+        return list(range(self.length))
 
     def image_features(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, D) normalised: the frozen image encoder, no prompt enters it (no grad)."""
@@ -66,15 +78,12 @@ class CoOpPromptLearner(TextPromptLearner):
                                                              length=self.length).float(), dim=-1)
 
     def prompts(self, ctx: Tensor | None = None) -> Tensor:
-        """(C, L, W) token embeddings of every class prompt up to the longest EOT, in CoOp's order."""
+        """(C, L, W) token embeddings of every class prompt up to the longest EOT, in CoOp's order: the end
+        layout, each class's positions permuted by `order` in one gather."""
         ctx = (self.ctx if ctx is None else ctx).to(self.sos.dtype)
-        half = self.n_ctx // 2
-        rows = []
-        for suffix, name_len in zip(self.suffix, self.name_lens):
-            name, rest = suffix[:name_len], suffix[name_len:]
-            parts = [ctx[:half], name, ctx[half:], rest] if self.position == "middle" else [name, ctx, rest]
-            rows.append(torch.cat([self.sos, *parts]))
-        return torch.stack(rows)
+        n_classes, width = self.suffix.shape[0], self.suffix.shape[-1]
+        end = torch.cat([self.sos.expand(n_classes, 1, -1), ctx.expand(n_classes, -1, -1), self.suffix], dim=1)
+        return end.gather(1, self.order[..., None].expand(-1, -1, width))
 
 
 def save_prompts(path: str | Path, tensors: dict[str, Tensor], config: dict[str, Any]) -> None:
@@ -131,11 +140,11 @@ class CoOpTraining:
 
 
 @register
-class CoOp(Method):
-    """The learned context as a fixed classifier on the original view (CoOp's test pass)."""
+class CoOp(ZeroShot):
+    """The learned context as a fixed classifier on the original view (CoOp's test pass): zero-shot's
+    prediction with the context's class features."""
 
     name = "coop"
-    n_views = 1
     Config = CoOpConfig
     source = "KaiyangZhou/CoOp@1e5ec09 trainers/coop.py; configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
 
@@ -145,14 +154,39 @@ class CoOp(Method):
         with torch.no_grad(), self.autocast():
             self.text = self.learner()  # (C, D)
 
-    @torch.no_grad()
-    def predict(self, views: Tensor) -> Tensor:
-        return self.model.logit_scale.exp().float() * self.encode_views(views[:1])[0] @ self.text.T  # (C,)
-
     def notes(self) -> list[str]:
         if self.config.prompts is None:
             return [f"coop: no trained prompts given; the untrained context '{self.config.ctx_init}' (zero-shot)"]
         return [f"coop: context from {prompts_path(self.config.prompts)}"]
+
+
+class TrainedPromptsMethod(Method):
+    """A method that runs only on what `mintclip train-prompts` trained for it (or a released run), named
+    by its hyper-parameter `file_key`: untrained, its extra parts (a meta-net, deep prompts, an
+    augmentation network) are random."""
+
+    n_views = 1
+    file_key: ClassVar[str] = "prompts"
+    released: ClassVar[bool] = True  # the authors published trained files that load as this method's
+
+    @property
+    def trained_file(self) -> str | None:
+        return getattr(self.config, self.file_key)
+
+    def check(self, model: CLIP) -> None:
+        if self.trained_file is None:
+            released = " or a released run of the method" if self.released else ""
+            raise ValueError(f"{self.name} needs its trained file: --hp {self.file_key}=PATH, written by "
+                             f"`mintclip train-prompts --method {self.name}`{released}")
+
+    def load_learned(self, learner: CoOpPromptLearner, state: dict[str, Tensor]) -> None:
+        """The file's tensors into the learner's learned ones, all of which it must hold."""
+        missing = sorted(set(learner.learned()) - set(state))
+        if missing:
+            raise ValueError(f"{self.trained_file}: not a {self.name} file (no {', '.join(missing)})")
+        with torch.no_grad():
+            for name, param in learner.learned().items():
+                param.copy_(state[name].to(param))
 
 
 def coop_learner(model: CLIP, classnames: list[str], config: CoOpConfig) -> CoOpPromptLearner:

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from ..data import TestSet
 from ..model import CLIP
-from .base import Method, MethodConfig, register
-from .coop import CoOpPromptLearner, CoOpTraining, read_prompt_config
+from .base import MethodConfig, register
+from .coop import CoOpPromptLearner, CoOpTraining, TrainedPromptsMethod, read_prompt_config
 from .prompts import get_tokenizer, prompt_state, prompts_path
 
 
@@ -80,33 +80,27 @@ class MaPLeTraining(CoOpTraining):
 
 
 @register
-class MaPLe(Method):
+class MaPLe(TrainedPromptsMethod):
     """The trained prompts of both towers as a classifier on the original view (MaPLe's test pass)."""
 
     name = "maple"
-    n_views = 1
     Config = MaPLeConfig
     source = ("muzairkhattak/multimodal-prompt-learning@904dbd7 trainers/maple.py, clip/model.py; "
               "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml")
 
     def check(self, model: CLIP) -> None:
-        if self.config.prompts is None:
-            raise ValueError("maple needs trained prompts: --hp prompts=PATH (mintclip train-prompts --method maple, "
-                             "or a released MaPLe run)")
+        super().check(model)
         if model.config.vision.kind != "vit":
             raise ValueError("maple prompts a ViT image encoder; this model's is a ResNet")
 
     def setup(self, model: CLIP, test_set: TestSet) -> None:
         self.model = model
-        state = prompt_state(self.config.prompts)
-        if "proj.weight" not in state:
-            raise ValueError(f"{self.config.prompts}: no proj tensors: not a MaPLe prompt file")
+        state = prompt_state(self.trained_file)
         depth = 1 + sum(key.startswith("compound_prompts_text.") for key in state)
-        ctx_init = read_prompt_config(prompts_path(self.config.prompts)).get("ctx_init", self.config.ctx_init)
-        self.learner = MaPLePromptLearner(model, test_set.classnames, len(state["ctx"]), ctx_init, depth)
-        missing = self.learner.load_state_dict({k: v.to(model.device) for k, v in state.items()}, strict=False).missing_keys
-        if [key for key in missing if not key.startswith(("model.", "sos", "suffix", "padded_suffix", "ctx_start"))]:
-            raise ValueError(f"{self.config.prompts}: missing MaPLe tensors {missing}")
+        ctx_init = read_prompt_config(prompts_path(self.trained_file)).get("ctx_init", self.config.ctx_init)
+        n_ctx = len(state["ctx"]) if "ctx" in state else MaPLeTraining.n_ctx
+        self.learner = MaPLePromptLearner(model, test_set.classnames, n_ctx, ctx_init, depth)
+        self.load_learned(self.learner, state)
         with torch.no_grad(), self.autocast():
             self.text = self.learner()  # (C, D)
 
@@ -117,4 +111,4 @@ class MaPLe(Method):
         return self.model.logit_scale.exp().float() * features[0] @ self.text.T.float()
 
     def notes(self) -> list[str]:
-        return [f"maple: prompts of both towers from {prompts_path(self.config.prompts)}"]
+        return [f"maple: prompts of both towers from {prompts_path(self.trained_file)}"]

@@ -21,6 +21,7 @@ step (second order) and, first-order, through the inner step. The starting conte
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..data import TestSet
 from ..model import CLIP
-from .base import Method, MethodConfig, register
-from .coop import CoOpPromptLearner, CoOpTraining, read_prompt_config
+from .base import MethodConfig, register
+from .coop import CoOpPromptLearner, CoOpTraining, TrainedPromptsMethod, read_prompt_config
 from .losses import entropy, marginal_entropy
 from .prompts import context_words, prompt_state, prompts_path
 
@@ -75,12 +76,18 @@ class MetaTPTLearner(CoOpPromptLearner):
     def encode(self, images: Tensor) -> Tensor:
         return F.normalize(self.model.encode_image(images).float(), dim=-1)
 
+    @functools.cached_property
+    def start_text(self) -> Tensor:
+        """(C, D) class features of the starting context, which nothing updates: one text pass per set."""
+        with torch.no_grad():
+            return self()
+
     def tuned_logits(self, image: Tensor, scale: Tensor, meta: bool = False) -> Tensor:
         """image (1, 3, S, S) -> (C,) logits of the original view with the tuned prompt. meta: keep the graph
         from them to the augmentation network (meta-training)."""
         with torch.no_grad():
-            feature = self.encode(image)[0]  # (D,)
-            start_text = self()  # (C, D)
+            feature = self.encode(image)[0]  # (D,), which the network does not change: encoded once
+        start_text = self.start_text
         network = dict(self.augment.named_parameters())
         copy = {name: p.detach().clone().requires_grad_() for name, p in network.items()}
         with torch.enable_grad():
@@ -91,7 +98,7 @@ class MetaTPTLearner(CoOpPromptLearner):
                    for (name, g) in zip(copy, grads)}  # the adapted values; first-order gradient to the network
         with torch.set_grad_enabled(meta):
             views = functional_call(self.augment, adapted, (image, feature))
-            features = self.encode(torch.cat([image, views]))  # (1 + K, D)
+            features = torch.cat([feature[None], self.encode(views)])  # (1 + K, D)
         with torch.enable_grad():
             ctx = self.ctx.detach().requires_grad_()
             outer = marginal_entropy(scale * features @ self(ctx).T)  # consistency across the views
@@ -136,33 +143,29 @@ class MetaTPTConfig(MethodConfig):
 
 
 @register
-class MetaTPT(Method):
+class MetaTPT(TrainedPromptsMethod):
     """MetaTPT as designed from its abstract (module docstring): learned views, then one prompt step."""
 
     name = "metatpt"
-    n_views = 1  # it makes its own views
     Config = MetaTPTConfig
     source = f"Lei et al., arXiv 2512.12268; {DESIGNED}"
-
-    def check(self, model: CLIP) -> None:
-        if self.config.meta is None:
-            raise ValueError("metatpt needs its meta-trained augmentation network: --hp meta=PATH (mintclip "
-                             "train-prompts --method metatpt)")
+    file_key = "meta"  # the meta-trained augmentation network
+    released = False
+    official = False
 
     def setup(self, model: CLIP, test_set: TestSet) -> None:
         self.model = model
-        state = prompt_state(self.config.meta)
-        if "augment.codes" not in state:
-            raise ValueError(f"{self.config.meta}: no augment tensors: not a MetaTPT file")
+        state = prompt_state(self.trained_file)
         hp = {**dataclasses.asdict(self.config),
-              **read_prompt_config(prompts_path(self.config.meta)).get("training", {}).get("hp", {})}
-        self.learner = MetaTPTLearner(model, test_set.classnames, hp["ctx_init"], len(state["augment.codes"]),
-                                      hp["bound"], hp["inner_lr"], hp["outer_lr"])
-        self.learner.augment.load_state_dict({k[len("augment."):]: v for k, v in state.items()})
+              **read_prompt_config(prompts_path(self.trained_file)).get("training", {}).get("hp", {})}
+        n_views = len(state["augment.codes"]) if "augment.codes" in state else MetaTPTTraining.n_views
+        self.learner = MetaTPTLearner(model, test_set.classnames, hp["ctx_init"], n_views, hp["bound"],
+                                      hp["inner_lr"], hp["outer_lr"])
+        self.load_learned(self.learner, state)
 
     def predict(self, views: Tensor) -> Tensor:
         with self.autocast():
             return self.learner.tuned_logits(views[:1], self.model.logit_scale.exp().float()).detach().float()
 
     def notes(self) -> list[str]:
-        return [f"metatpt: {DESIGNED}; augmentation network from {prompts_path(self.config.meta)}"]
+        return [f"metatpt: {DESIGNED}; augmentation network from {prompts_path(self.trained_file)}"]

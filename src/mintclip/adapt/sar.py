@@ -76,7 +76,7 @@ from torch.func import functional_call
 from ..data import TestSet
 from ..model import CLIP
 from ..model.vision import VisionTransformer
-from .base import Diagnostics, MethodConfig, Prediction, register
+from .base import Diagnostics, MethodConfig, Prediction, all_finite, register
 from .losses import entropy
 from .zeroshot import FixedPromptMethod, Templates
 
@@ -245,7 +245,7 @@ class SAR(FixedPromptMethod):
         self.stats["images"] += len(images)
         self.stats["reliable_first"] += len(reliable[0])
         refused = 0
-        if not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        if not all_finite(grads):
             refused = 1
         else:
             with torch.no_grad():  # first_step: w + rho * g / (||g|| + 1e-12)
@@ -262,10 +262,10 @@ class SAR(FixedPromptMethod):
             self.stats["reliable_second"] += len(again[0])
             for p, g in zip(leaves, grads):  # second_step: back to w, SGD on the gradient at w'
                 p.grad = g
-            before = self._tally.skipped_updates
-            self.guarded_step(self.optimizer)
-            refused = self._tally.skipped_updates - before
-            self._tally.skipped_updates = before  # counted per image by the caller
+            if all_finite(grads):  # refused steps are counted per image by the caller
+                self.optimizer.step()
+            else:
+                refused = 1
             for p in leaves:
                 p.grad = None
         self.stats["skipped"] += refused

@@ -32,10 +32,15 @@ def _uniform(generator: torch.Generator, *shape: int) -> Tensor:
     return torch.rand(*shape, generator=generator, dtype=torch.float64)
 
 
-def view_generator(seed: int, index: int) -> torch.Generator:
-    """The CPU generator for image `index` of run `seed`; hashing the pair keeps (0, 1) and (1, 0) apart."""
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+def keyed_generator(*key: int) -> torch.Generator:
+    """A CPU generator that is a function of `key` alone; hashing keeps (0, 1) and (1, 0) apart."""
+    digest = hashlib.blake2b(":".join(map(str, key)).encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def view_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator for image `index` of run `seed`."""
+    return keyed_generator(seed, index)
 
 
 def sample_crops(height: int, width: int, n: int, generator: torch.Generator,

@@ -9,7 +9,6 @@ the same batches as one that was never stopped, and the same seed gives the same
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -35,7 +34,7 @@ from ..adapt.prompts import PROMPTS_FILE
 from ..data import DatasetError, ImageDataset, open_dataset
 from ..data.decode import DecodeError, load_image
 from ..data.imagenet import open_imagenet_train
-from ..data.views import image_to_tensor, pil_resize, sample_crops
+from ..data.views import image_to_tensor, keyed_generator, pil_resize, sample_crops
 from ..model import CLIP, load_clip
 from .config import RunError
 from .records import atomic_write_bytes, atomic_write_json
@@ -89,11 +88,6 @@ def sample_shots(dataset: ImageDataset, shots: int, seed: int) -> list[tuple[Pat
     return picked
 
 
-def _generator(*key: int) -> torch.Generator:
-    digest = hashlib.blake2b(":".join(map(str, key)).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
-
-
 class AugmentedShots(Dataset):
     """shot i of epoch e -> (normalised random resized crop, flipped half the time, (3, S, S); label), the
     crop as torchvision's RandomResizedCrop (Dassl's random_resized_crop + random_flip)."""
@@ -108,7 +102,7 @@ class AugmentedShots(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.files[index]
         image = image_to_tensor(load_image(path)).float().div(255)  # (3, H, W)
-        generator = _generator(self.seed, self.epoch, index)
+        generator = keyed_generator(self.seed, self.epoch, index)
         top, left, h, w = sample_crops(*image.shape[-2:], 1, generator, scale=(self.min_scale, 1.0))[0].tolist()
         size = self.preprocess.image_size
         crop = pil_resize(image[None, :, top:top + h, left:left + w], (size, size), self.preprocess.interpolation)[0]
@@ -121,7 +115,7 @@ class AugmentedShots(Dataset):
 def epoch_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
     """Epoch `epoch`'s batches of shot indices: a seeded permutation, the last short batch dropped when there
     is at least one full batch (Dassl's train loader)."""
-    order = torch.randperm(n, generator=_generator(seed, epoch, -1)).tolist()
+    order = torch.randperm(n, generator=keyed_generator(seed, epoch, -1)).tolist()
     cut = n - n % batch if n >= batch else n
     return [order[i:i + batch] for i in range(0, cut, batch)]
 

@@ -41,6 +41,11 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tup
     return torch.as_strided(storage, size, stride, offset).clone()
 
 
+def pickle_root(archive: zipfile.ZipFile) -> str:
+    """The folder of a torch zip archive that holds its data.pkl."""
+    return next(n for n in archive.namelist() if n.endswith("/data.pkl")).rsplit("/", 1)[0]
+
+
 def is_torchscript_zip(names: list[str]) -> bool:
     return any(n.endswith("/data.pkl") for n in names) and any("/code/__torch__" in n for n in names)
 
@@ -107,8 +112,7 @@ class _InertUnpickler(_RestrictedUnpickler):
 def read_training_checkpoint(path: str) -> Any:
     """What a `torch.save` zip holds, every tensor real and every other object an `InertObject`."""
     with zipfile.ZipFile(path) as archive:
-        root = next(n for n in archive.namelist() if n.endswith("/data.pkl")).rsplit("/", 1)[0]
-        return _InertUnpickler(archive, root).load()
+        return _InertUnpickler(archive, pickle_root(archive)).load()
 
 
 def _collect(record: ScriptModuleRecord, prefix: str, out: dict[str, torch.Tensor]) -> None:
@@ -121,9 +125,7 @@ def _collect(record: ScriptModuleRecord, prefix: str, out: dict[str, torch.Tenso
 
 def read_torchscript(archive: zipfile.ZipFile) -> tuple[dict[str, torch.Tensor], set[str]]:
     """The archive's parameters and buffers by dotted name, and the class names of its modules."""
-    names = archive.namelist()
-    root = next(n for n in names if n.endswith("/data.pkl")).rsplit("/", 1)[0]
-    unpickler = _RestrictedUnpickler(archive, root)
+    unpickler = _RestrictedUnpickler(archive, pickle_root(archive))
     top = unpickler.load()
     if not isinstance(top, ScriptModuleRecord):
         raise pickle.UnpicklingError("data.pkl does not hold a TorchScript module")
