@@ -23,6 +23,7 @@ import torch
 from .model import CLIP
 
 PHASES = ("views", "image forward", "text forward", "backward", "optimiser")
+WORK_PHASES = PHASES[1:]  # what a bound consists of
 
 
 def synchronise(device: str) -> None:
@@ -84,7 +85,12 @@ class PhaseClock:
         if hasattr(visual, "cls_taps"):
             visual.cls_taps = self.timed("image forward", visual.cls_taps, tap_tokens)
         text.encode_embeddings = self.timed("text forward", text.encode_embeddings, embedding_tokens)
+        def group_tokens(prefix, groups, *args, **kwargs):
+            prompts = 1 if prefix.ndim == 2 else prefix.shape[0]
+            return "text", prompts * (prefix.shape[-2] + sum(s.shape[0] * s.shape[1] for s, _ in groups))
+
         text.encode_shared_prefix = self.timed("text forward", text.encode_shared_prefix, prefix_tokens)
+        text.encode_prefix_groups = self.timed("text forward", text.encode_prefix_groups, group_tokens)
         torch.autograd.grad = self.timed("backward", torch.autograd.grad)
         torch.Tensor.backward = self.timed("backward", torch.Tensor.backward)
         torch.optim.AdamW.step = self.timed("optimiser", torch.optim.AdamW.step)

@@ -59,24 +59,34 @@ class TextTransformer(nn.Module):
         class reach the prefixes. deep_prefix: before block i (1 <= i <= len), the prefix's tokens 1..n
         are replaced by deep_prefix[i - 1] (n, W), without positions (MaPLe's deeper text prompts).
         """
+        length = int(eot_index.max()) + 1 if length is None else length
+        return self.encode_prefix_groups(prefix, [(suffixes[:, :length], eot_index)], deep_prefix)[0]
+
+    def encode_prefix_groups(self, prefix: Tensor, groups: Sequence[tuple[Tensor, Tensor]],
+                             deep_prefix: Sequence[Tensor] = ()) -> list[Tensor]:
+        """`encode_shared_prefix` for groups of suffixes, each (N_g, S_g, W) run to its own length S_g
+        with its eot_index (N_g,), the prefix once for all: -> per group (N_g, embed_dim), or
+        (K, N_g, embed_dim) for K prefixes."""
         single = prefix.ndim == 2
         prefixes = prefix.reshape(-1, *prefix.shape[-2:])  # (K, P, W)
         n_prompts, n_prefix = prefixes.shape[:2]
-        n_suffixes = suffixes.shape[0]
-        length = int(eot_index.max()) + 1 if length is None else length
-        positions = self.positional_embedding.to(suffixes.dtype)
+        positions = self.positional_embedding.to(groups[0][0].dtype)
         h_prefix = prefixes + positions[:n_prefix]
-        h = (suffixes[:, :length] + positions[n_prefix:n_prefix + length]).repeat(n_prompts, 1, 1)  # row k*N + n
+        hs = [(suffixes + positions[n_prefix:n_prefix + suffixes.shape[1]]).repeat(n_prompts, 1, 1)  # row k*N + n
+              for suffixes, _ in groups]
         for index, block in enumerate(self.blocks):
             if 1 <= index <= len(deep_prefix):
                 deep = deep_prefix[index - 1].to(h_prefix.dtype).expand(n_prompts, -1, -1)
                 h_prefix = torch.cat([h_prefix[:, :1], deep, h_prefix[:, 1 + deep.shape[1]:]], dim=1)
             h_prefix, (keys, values) = block(h_prefix, causal=True, return_kv=True)
-            if n_prompts > 1:  # one prefix broadcasts inside the attention; several are laid out per row
-                keys, values = keys.repeat_interleave(n_suffixes, 0), values.repeat_interleave(n_suffixes, 0)
-            h = block(h, past_kv=(keys, values), causal=True)
-        features = self._pool(h, eot_index.repeat(n_prompts)).unflatten(0, (n_prompts, n_suffixes))
-        return features[0] if single else features
+            for g, (suffixes, _) in enumerate(groups):
+                kv = (keys, values)
+                if n_prompts > 1:  # one prefix broadcasts inside the attention; several are laid out per row
+                    kv = keys.repeat_interleave(len(suffixes), 0), values.repeat_interleave(len(suffixes), 0)
+                hs[g] = block(hs[g], past_kv=kv, causal=True)
+        features = [self._pool(h, eot.repeat(n_prompts)).unflatten(0, (n_prompts, len(eot)))
+                    for h, (_, eot) in zip(hs, groups)]
+        return [f[0] for f in features] if single else features
 
     def _pool(self, hidden: Tensor, eot_index: Tensor) -> Tensor:
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), eot_index]
