@@ -2,6 +2,7 @@
 and a value outside a `Literal` is refused with the key and the choices, however the config was made."""
 
 import pytest
+import torch
 
 from mintclip.adapt import available_methods, build_method, register
 from mintclip.adapt.dynaprompt import DynaPrompt, DynaPromptConfig
@@ -51,3 +52,25 @@ def test_a_second_method_of_the_same_name_is_refused():
         class AnotherTPT(TPT):
             name = "tpt"
     assert available_methods()["tpt"] is TPT
+
+
+def _steps(grads: list[torch.Tensor], method: TPT) -> tuple[torch.nn.Parameter, torch.optim.AdamW]:
+    param = torch.nn.Parameter(torch.linspace(-1, 1, 4))
+    optimizer = torch.optim.AdamW([param], lr=0.1)
+    for grad in grads:
+        param.grad = grad.clone()
+        method.guarded_step(optimizer)
+    return param, optimizer
+
+
+def test_a_refused_step_leaves_the_parameters_and_the_optimiser_as_they_were():
+    """Decided on the device, with nothing read back: a non-finite gradient's step is undone, moments and
+    step count included, so the steps around it are exactly those of a run without it."""
+    good, bad = torch.tensor([0.5, -1.0, 2.0, 0.0]), torch.tensor([1.0, float("nan"), 0.0, 0.0])
+    method = TPT()
+    clean, clean_opt = _steps([good, 2 * good], method)
+    assert method._tally.skipped_updates == 0
+    guarded, guarded_opt = _steps([bad, good, torch.full((4,), float("inf")), 2 * good], method)
+    assert torch.equal(guarded, clean) and int(method._tally.skipped_updates) == 2
+    clean_state, guarded_state = clean_opt.state[clean], guarded_opt.state[guarded]
+    assert all(torch.equal(clean_state[k], guarded_state[k]) for k in ("step", "exp_avg", "exp_avg_sq"))

@@ -57,7 +57,7 @@ class Diagnostics:
 class _Tally:
     """What one `predict` call noticed on the way, for the default `predict_batch` to return."""
 
-    skipped_updates: int = 0
+    skipped_updates: int | Tensor = 0  # a device tensor once a step was guarded: read when the image is done
     view0_features: Tensor | None = None  # (1, D)
 
 
@@ -80,14 +80,33 @@ class Method(ABC):
         self._tally = _Tally()
 
     def guarded_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """optimizer.step() unless a gradient is NaN or infinite (a non-finite loss gives such gradients);
-        then the step is skipped and counted, as a gradient scaler skips it, so no prompt, bank or
-        optimiser state of a later sample is poisoned. Costs one host synchronisation per step."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not all_finite(grads):
-            self._tally.skipped_updates += 1
+        """optimizer.step(), undone where a gradient is NaN or infinite (a non-finite loss gives such
+        gradients): the parameters and the optimiser's state (moments, step count) keep their values
+        from before, as a gradient scaler's skipped step leaves them, so no prompt, bank or optimiser
+        state of a later sample is poisoned; the step is counted. Decided on the device by `torch.where`
+        (no host synchronisation), which needs the step count on the device: see `adamw`."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            optimizer.step()
             return
+        finite = torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
+        tensors = params + [v for p in params for v in optimizer.state.get(p, {}).values() if isinstance(v, Tensor)]
+        before = [t.detach().clone() for t in tensors]
+        fresh = [p for p in params if p not in optimizer.state]  # their state appears with this step
         optimizer.step()
+        with torch.no_grad():
+            for tensor, old in zip(tensors, before):
+                tensor.copy_(torch.where(finite, tensor, old))
+            for p in fresh:  # a refused first step: state as if never stepped (zero moments, step 0)
+                for value in optimizer.state[p].values():
+                    if isinstance(value, Tensor):
+                        value.copy_(torch.where(finite, value, torch.zeros_like(value)))
+        self._tally.skipped_updates = self._tally.skipped_updates + (~finite).long()
+
+    def adamw(self, params: list[Tensor], lr: float, weight_decay: float) -> torch.optim.AdamW:
+        """A fresh AdamW over `params`; on a GPU `capturable`, so its step count lives on the device,
+        where `guarded_step` can undo a step without reading anything back."""
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, capturable=self.model.device.type == "cuda")
 
     @property
     def views_per_image(self) -> int:
@@ -118,7 +137,7 @@ class Method(ABC):
         for image_views in views:
             self._tally = _Tally()
             logits.append(self.predict(image_views))
-            skipped.append(self._tally.skipped_updates)
+            skipped.append(int(self._tally.skipped_updates))
             view0.append(self._tally.view0_features)
         self._tally = _Tally()
         return Prediction(torch.stack(logits), skipped, None if any(v is None for v in view0) else torch.cat(view0))

@@ -402,7 +402,7 @@ class DynaPrompt(Method):
         alone equals stepping the whole tensor with zero gradient elsewhere, except for weight decay."""
         cfg = self.config
         rows = self.buffer.ctx[slots].clone().requires_grad_(True)
-        optimizer = torch.optim.AdamW([rows], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = self.adamw([rows], cfg.lr, cfg.weight_decay)
         rows.grad = grad.to(rows.dtype)
         self.guarded_step(optimizer)
         self.buffer.ctx[slots] = rows.detach()

@@ -188,7 +188,7 @@ class MINT(Method):
         """Reset the text context (episodic) and start AdamW afresh over it and the bank (online)."""
         self.learner.reset()
         params = [self.learner.ctx] + ([] if self.config.memory == "none" else [self.bank.keys, self.bank.values])
-        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return self.adamw(params, self.config.lr, self.config.weight_decay)
 
     def adapt(self, views: Tensor) -> Tensor:
         """`steps` AdamW steps on the views (V, 3, H, W); returns their prompt-free queries (V, Q, W), which

@@ -109,7 +109,7 @@ class TPT(Method):
         cfg = self.config
         batched = ctx.ndim == 3
         # a fresh AdamW per image is the reference's optimizer.load_state_dict(initial state)
-        optimizer = torch.optim.AdamW([ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = self.adamw([ctx], cfg.lr, cfg.weight_decay)
         selected: list[Tensor] | None = None
         with torch.enable_grad():
             for step in range(cfg.steps):

@@ -78,25 +78,28 @@ def zero_votes(logits: Tensor, gamma: float = 0.3, tie_break: str = "confidence"
     kept = logits.gather(1, order[:, :n_keep, None].expand(-1, -1, n_classes)).argmax(-1)  # (B, n_keep)
     votes = F.one_hot(kept, n_classes).sum(1).float()  # (B, C)
     tied = votes == votes.max(-1, keepdim=True).values  # (B, C) bool
-    for b in (tied.sum(-1) > 1).nonzero()[:, 0].tolist():
-        walked = logits[b, n_keep:] if tie_break == "view_order" else logits[b, order[b, n_keep:]]  # (V - n_keep, C)
-        votes[b, break_tie(tied[b], walked, tie_fallback)] += 1
+    rest = order[:, n_keep:] if tie_break != "view_order" else torch.arange(n_keep, n_views, device=logits.device)
+    walked = logits.gather(1, rest.expand(len(logits), -1)[..., None].expand(-1, -1, n_classes))  # (B, V - n_keep, C)
+    winner = break_ties(tied, walked, tie_fallback)  # (B,)
+    votes += F.one_hot(winner, n_classes) * (tied.sum(-1, keepdim=True) > 1)  # +1 where a tie was broken
     return votes + SECONDARY_WEIGHT * logits.softmax(-1).mean(-2)
 
 
-def break_tie(tied: Tensor, walked: Tensor, fallback: str = "reference") -> Tensor:
-    """tied (C,) bool, walked (F, C) logits in the order they are tried -> the winning class index: the
-    first walked view whose argmax is tied (`greedy_break`); else the first walked view's argmax, with
-    classes C-1-t masked for each tied t ("reference": `break_sample_tie`'s `logit[~ties]`) or with the
-    untied classes masked ("tied_classes"); with no walked views, the first tied class."""
-    preds = walked.argmax(-1)  # (F,)
-    hits = preds[tied[preds]]
-    if len(hits):
-        return hits[0]
-    if not len(walked):
-        return tied.nonzero()[0, 0]
-    masked = tied.flip(0) if fallback == "reference" else ~tied  # ~t indexes class C-1-t
-    return walked[0].masked_fill(masked, float("-inf")).argmax()
+def break_ties(tied: Tensor, walked: Tensor, fallback: str = "reference") -> Tensor:
+    """tied (B, C) bool, walked (B, F, C) logits in the order they are tried -> each image's winning
+    class (B,): the first walked view whose argmax is tied (`greedy_break`); else the first walked view's
+    argmax, with classes C-1-t masked for each tied t ("reference": `break_sample_tie`'s `logit[~ties]`)
+    or with the untied classes masked ("tied_classes"); with no walked views, the first tied class.
+    Tensor operations only (argmax returns the first of equal maxima), so nothing is read back."""
+    first_tied = tied.long().argmax(-1)  # (B,)
+    if walked.shape[1] == 0:
+        return first_tied
+    preds = walked.argmax(-1)  # (B, F)
+    hits = tied.gather(1, preds)  # (B, F): the view's argmax is a tied class
+    first_hit = preds.gather(1, hits.long().argmax(-1, keepdim=True))[:, 0]
+    masked = tied.flip(-1) if fallback == "reference" else ~tied  # ~t indexes class C-1-t
+    fallback_pick = walked[:, 0].masked_fill(masked, float("-inf")).argmax(-1)
+    return torch.where(hits.any(-1), first_hit, fallback_pick)
 
 
 @register

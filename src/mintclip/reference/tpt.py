@@ -19,7 +19,7 @@ def predict(tpt: TPT, views: Tensor) -> Tensor:
     """views (V, 3, H, W) -> logits (C,), the numbers of `TPT.predict`."""
     cfg = tpt.config
     tpt.reset()
-    optimizer = torch.optim.AdamW([tpt.learner.ctx], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = tpt.adamw([tpt.learner.ctx], cfg.lr, cfg.weight_decay)
     selected = None
     with torch.enable_grad():
         for _ in range(cfg.steps):
