@@ -274,6 +274,18 @@ def test_the_memory_carries_over_between_images_while_the_text_context_restarts(
     assert int(method.bank.train_counts.sum()) == 2 * 3 * 16 * 6 and int(method.bank.test_counts.sum()) == 2 * 6
 
 
+def test_the_set_s_step_1_text_graph_serves_every_image_with_the_same_stream():
+    """The context restarts at ctx_start for every image, so step 1's text forward is the set's, built
+    once and back-propagated per image: the stream of predictions and the bank are those of a fresh
+    forward per image (measured bit for bit on CPU)."""
+    model = frozen_clip()
+    cached, fresh = make_mint(model), make_mint(model, reuse_step0_graph=False)
+    for seed in (5, 6, 7):
+        views = random_views(seed=seed)
+        assert torch.equal(cached.predict(views), fresh.predict(views))
+    assert all(torch.equal(cached.state_dict()[key], value) for key, value in fresh.state_dict().items())
+
+
 @pytest.mark.parametrize("reset_memory", ["never", "per-set"])
 def test_a_second_set_keeps_the_memory_unless_it_is_reset_per_set(reset_memory):
     model = frozen_clip()

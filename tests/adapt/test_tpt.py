@@ -220,13 +220,15 @@ def test_one_adamw_over_the_rows_is_a_separate_adamw_per_row():
 
 def test_the_cached_step1_graph_back_propagates_a_batch_as_one_image_each():
     """Why the step-1 graph serves a batch: its batched backward (one call, B cotangents) gives each
-    image's own gradient, as B backward passes would (measured: bit for bit on CPU)."""
+    image's own gradient, as B backward passes would, up to float rounding (measured on CPU: 3.4e-7 of
+    the largest gradient, where the length buckets' gradients reach the shared prefix in another order)."""
     method = make_tpt(frozen_clip(), precision="fp32")
-    start, graph = method._step0_graph()
+    with method.autocast():
+        start, graph = method.learner.start_graph()
     cotangents = torch.randn(3, *graph.shape, generator=torch.Generator().manual_seed(0))
     batched, = torch.autograd.grad(graph, start, cotangents, retain_graph=True, is_grads_batched=True)
     one_by_one = torch.stack([torch.autograd.grad(graph, start, c, retain_graph=True)[0] for c in cotangents])
-    torch.testing.assert_close(batched, one_by_one, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(batched, one_by_one, atol=1e-6 * float(one_by_one.abs().max()), rtol=1e-6)
 
 
 @pytest.mark.parametrize("reuse", [True, False])

@@ -364,19 +364,30 @@ class DynaPrompt(Method):
             scored = buffer.ctx  # every slot, with grad (the code's forward)
         else:
             scored = torch.cat([torch.zeros_like(buffer.ctx[:1]), buffer.ctx[buffer.occupied()]])  # v0 first
-        residuals = scored.detach().clone().requires_grad_(True)
+        if cfg.reference_order:  # every scored slot with grad, as the code
+            residuals = scored.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                logits = self.slot_logits(residuals, image_features)
+        else:  # scored without grad; only the selected slots, which alone reach the loss, again with it
+            with torch.no_grad():
+                logits = self.slot_logits(scored, image_features)
+        difference = "max-logit" if cfg.variant == "reference" else "probability"
+        ent, diff = slot_scores(logits.detach(), difference)
+        if cfg.variant == "reference":
+            selection = buffer.select_reference(ent, diff, cfg.tie_order)
+        else:
+            selection = buffer.select_paper(ent, diff)
+        views = most_confident(entropy(logits[:, selection.rows].detach()).mean(1), cfg.selection)  # (6,)
         with torch.enable_grad():
-            logits = self.slot_logits(residuals, image_features)
-            difference = "max-logit" if cfg.variant == "reference" else "probability"
-            ent, diff = slot_scores(logits.detach(), difference)
-            if cfg.variant == "reference":
-                selection = buffer.select_reference(ent, diff, cfg.tie_order)
+            if cfg.reference_order:
+                chosen = logits[:, selection.rows]  # (V, n, C)
+                grad, = torch.autograd.grad(marginal_entropy(chosen[views]).mean(), residuals)
             else:
-                selection = buffer.select_paper(ent, diff)
-            chosen = logits[:, selection.rows]  # (V, n, C)
-            views = most_confident(entropy(chosen.detach()).mean(1), cfg.selection)  # entropy over the chosen slots
-            loss = marginal_entropy(chosen[views]).mean()
-            grad, = torch.autograd.grad(loss, residuals)
+                distinct, position = selection.rows.unique(return_inverse=True)  # a slot may be listed twice
+                rows = scored[distinct].detach().clone().requires_grad_(True)
+                chosen = self.slot_logits(rows, image_features[views])[:, position]  # (6, n, C)
+                rows_grad, = torch.autograd.grad(marginal_entropy(chosen).mean(), rows)
+                grad = torch.zeros_like(scored).index_copy_(0, distinct, rows_grad)  # no other slot reaches the loss
         if cfg.variant == "reference":  # AdamW over the whole buffer tensor; rows are slot ids
             self._adamw_step(torch.arange(len(buffer), device=grad.device), grad)
         else:  # the paper tunes the selected (or new) prompts only; a new prompt's gradient is v0's row

@@ -15,7 +15,9 @@ into whole steps when the selected views' entropies are near zero, as it would b
   (the code repeats it every forward) and view 0's queries serve the prediction;
 * at step 1 a no-grad prompted pass over all views ranks them; gradients then flow only through the
   selected views' prompted pass, since only they enter the entropy. Retrieval, the counters and the key
-  term still cover every view at every step, as in the code.
+  term still cover every view at every step, as in the code;
+* the text context is reset to the same start for every image, so the step-1 text forward is built once
+  per set and back-propagated with `retain_graph` (`reuse_step0_graph`, as TPT's).
 `fast=False` runs the code's order (`mintclip.reference.mint`: every view with gradients, the query pass
 every forward): the oracle of the tests and the yardstick of the benchmark.
 Precision: the code runs fp16 autocast with GradScaler(1000); here bf16 autocast on GPU (fp32 on CPU)
@@ -61,6 +63,9 @@ class MINTConfig(PromptTuningConfig):
     # the code keeps bank and counters across the sets of a run; or "per-set"
     reset_memory: Literal["never", "per-set"] = "never"
     bank_seed: int = 0
+    # not in the code: the step-1 text forward built once per set and back-propagated for every image
+    # (exact, docs/performance.md § Text side), holding its activations between images; False: per image
+    reuse_step0_graph: bool = True
     fast: bool = True  # False: the code's order of work (mintclip.reference.mint), the oracle and yardstick
 
 
@@ -198,9 +203,15 @@ class MINT(Method):
         queries = self.queries(views)  # the frozen encoder without prompts: the same at every step
         selected = None
         with torch.enable_grad():
-            for _ in range(self.config.steps):
+            for step in range(self.config.steps):
                 index, distance = self.retrieve(queries, tuning=True)
-                text = self.text_features()
+                shared = step == 0 and self.config.reuse_step0_graph
+                if shared:  # the context starts each image at ctx_start: the set's one forward serves all
+                    with self.autocast():
+                        start, graph = self.learner.start_graph()
+                    text = graph.detach().requires_grad_(True)
+                else:
+                    text = self.text_features()
                 if selected is None:
                     with torch.no_grad():
                         selected = self.select(self.logits(self.image_features(views, index), text))
@@ -208,6 +219,8 @@ class MINT(Method):
                 loss = self.loss(logits, distance)
                 optimizer.zero_grad()
                 loss.backward()
+                if shared:
+                    self.learner.ctx.grad, = torch.autograd.grad(graph, start, text.grad, retain_graph=True)
                 self.guarded_step(optimizer)
         return queries
 

@@ -64,7 +64,8 @@ def prompt_learner(model: CLIP, classnames: list[str], config: PromptTuningConfi
     return TextPromptLearner(model, classnames, config.n_ctx, context_words(config.ctx_init), ctx_vectors)
 
 
-PROMPTS_FILE = "prompts.safetensors"  # what `train-prompts --out DIR` writes in DIR
+PROMPTS_FILE = "prompts.safetensors"
+TEXT_BUCKETS = 4  # most length buckets of a class-prompt pass (measured: docs/performance.md § Text side)  # what `train-prompts --out DIR` writes in DIR
 
 
 @lru_cache
@@ -150,6 +151,31 @@ def load_coop_context(path: str | Path) -> Tensor:
     return ctx.float()
 
 
+def length_buckets(lengths: list[int], most: int = TEXT_BUCKETS) -> list[tuple[Tensor, int]]:
+    """Class prompts grouped by length into at most `most` buckets, each run to its longest: (class rows,
+    length) per bucket, shortest first. The cut points minimise the padded tokens (a small dynamic
+    programme over the distinct lengths); one bucket is the batch cut at its longest EOT, and each bucket
+    more costs another call of every text block, which is why they are few (docs/performance.md § Text
+    side)."""
+    distinct = sorted(set(lengths))
+    count = [lengths.count(n) for n in distinct]
+    # cost[b][j]: least padded tokens for the first j distinct lengths in b buckets; cut[b][j]: where the last starts
+    cost = [[0.0] + [float("inf")] * len(distinct) for _ in range(most + 1)]
+    cut = [[0] * (len(distinct) + 1) for _ in range(most + 1)]
+    for b in range(1, most + 1):
+        for j in range(1, len(distinct) + 1):
+            for i in range(j):
+                tokens = cost[b - 1][i] + sum(count[i:j]) * distinct[j - 1]
+                if tokens < cost[b][j] and (i > 0 or b == 1):
+                    cost[b][j], cut[b][j] = tokens, i
+    b, j, ends = min(range(1, min(most, len(distinct)) + 1), key=lambda k: (cost[k][-1], k)), len(distinct), []
+    while j > 0:
+        ends.append(distinct[j - 1])
+        j, b = cut[b][j], b - 1
+    lengths_t, bounds = torch.tensor(lengths), [0] + sorted(ends)
+    return [(((lengths_t > lo) & (lengths_t <= hi)).nonzero()[:, 0], hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
 class TextPromptLearner(nn.Module):
     """A learnable context shared by all classes; `forward()` -> (C, D) normalised class features.
 
@@ -188,10 +214,24 @@ class TextPromptLearner(nn.Module):
         self.register_buffer("padded_suffix", embeddings[:, 1 + n_ctx:].clone())  # mintclip.reference.text
         self.register_buffer("ctx_start", start.detach().clone())
         self.ctx = nn.Parameter(start.detach().clone())
+        self.buckets = length_buckets((self.eot_index - n_ctx).tolist())  # suffix lengths: EOT - SOS - context + 1
+        self.bucket_order = torch.cat([rows for rows, _ in self.buckets]).argsort().to(model.device)
+        self.buckets = [(rows.to(model.device), length) for rows, length in self.buckets]
+        self._start_graph: tuple[Tensor, Tensor] | None = None
 
     def reset(self) -> None:
         with torch.no_grad():
             self.ctx.copy_(self.ctx_start)
+
+    def start_graph(self) -> tuple[Tensor, Tensor]:
+        """(a leaf copy of the starting context, its class features with their graph), built on the first
+        call (under the caller's autocast) and kept: a method that resets the context for every image
+        starts every image from this same forward, so only its backward is per image (retain_graph)."""
+        if self._start_graph is None:
+            start = self.ctx_start.clone().requires_grad_(True)
+            with torch.enable_grad():
+                self._start_graph = start, self(start)
+        return self._start_graph
 
     def prefix(self, ctx: Tensor | None = None) -> Tensor:
         """SOS + context: (1 + n_ctx, W) for `self.ctx`, or (K, 1 + n_ctx, W) for K contexts (K, n_ctx, W)."""
@@ -207,6 +247,8 @@ class TextPromptLearner(nn.Module):
         """(C, D) normalised class features of `self.ctx`; given K contexts (K, n_ctx, W), (K, C, D) in one
         pass of the text encoder (one prompt per test image of a batch), with grad to them."""
         n_prefix = 1 + self.n_ctx
-        features = self.model.text.encode_shared_prefix(self.prefix(ctx), self.suffix, self.eot_index - n_prefix,
-                                                        length=self.length - n_prefix, deep_prefix=self.deep_prefix())
+        ends = self.eot_index - n_prefix  # (C,) within the suffixes
+        groups = [(self.suffix[rows, :length], ends[rows]) for rows, length in self.buckets]
+        parts = self.model.text.encode_prefix_groups(self.prefix(ctx), groups, self.deep_prefix())
+        features = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)[..., self.bucket_order, :]
         return F.normalize(features.float(), dim=-1)

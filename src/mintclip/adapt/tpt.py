@@ -26,7 +26,6 @@ import dataclasses
 
 import torch
 from torch import Tensor
-from torch.func import functional_call
 
 from ..data import TestSet
 from ..model import CLIP
@@ -61,7 +60,6 @@ class TPT(Method):
         self.model = model
         self.test_set = test_set
         self.learner = prompt_learner(model, test_set.classnames, self.config)
-        self._step0: tuple[Tensor, Tensor] | None = None  # (leaf context, its text features with graph)
 
     # -- the pieces, each usable alone ---------------------------------------------------------------
 
@@ -115,7 +113,8 @@ class TPT(Method):
             for step in range(cfg.steps):
                 shared = step == 0 and cfg.reuse_step0_graph
                 if shared:  # every image starts from the same context: the set's cached graph serves all
-                    start, graph = self._step0_graph()
+                    with self.autocast():
+                        start, graph = self.learner.start_graph()
                     text = graph.detach().expand(*ctx.shape[:-2], -1, -1).clone().requires_grad_(True)
                 else:
                     text = self.text_features(ctx)  # (C, D) or (B, C, D)
@@ -164,13 +163,3 @@ class TPT(Method):
         with torch.no_grad():
             logits = self.logits(image_features[:, :1], self.text_features(ctx))[:, 0]  # (B, C)
         return Prediction(logits, [0] * len(views), image_features[:, 0])
-
-    def _step0_graph(self) -> tuple[Tensor, Tensor]:
-        """The text features of the starting context with their graph, built once per set: the context
-        is reset to the same start for every image, so this forward is the same for all of them."""
-        if self._step0 is None:
-            start = self.learner.ctx_start.clone().requires_grad_(True)
-            with self.autocast():
-                features = functional_call(self.learner, {"ctx": start}, ())
-            self._step0 = (start, features)
-        return self._step0
