@@ -310,6 +310,21 @@ def test_prediction_averages_the_selected_prompts_logits_on_view_0():
     torch.testing.assert_close(logits, expected, atol=0, rtol=0)
 
 
+def test_the_trace_names_the_selected_appended_and_deleted_slots():
+    """Reference: once every slot has been used, the queue head is restarted before scoring: its prompt
+    is deleted and a fresh one takes its place, and it is the sample's init slot, always selected."""
+    model, views = frozen_clip(), random_views()
+    ctx = torch.randn(6, 4, 64, generator=torch.Generator().manual_seed(2)) * 0.05  # as in the tests above
+    method = make(model, num_p=6)
+    method.load_state_dict({"ctx": ctx, "order": torch.tensor([2, 5, 0, 1, 4, 3]),
+                            "use": torch.tensor([3, 1, 2, 1, 1, 4])})
+    method.predict(views)
+    assert method.sample_trace() == {"selected": [4, 5, 2], "appended": 2, "deleted": 2, "in_use": 6}
+    fresh = make(model, variant="paper", num_p=3)
+    fresh.predict(views)  # an empty buffer: nothing beats v0, so a new prompt goes into slot 0
+    assert fresh.sample_trace() == {"selected": [0], "appended": 0, "deleted": None, "in_use": 1}
+
+
 def test_reference_order_gives_the_same_stream_of_predictions():
     """77-token prompts for every slot and view 0 encoded again: more work, the same numbers."""
     model = frozen_clip()

@@ -286,6 +286,18 @@ def test_the_set_s_step_1_text_graph_serves_every_image_with_the_same_stream():
     assert all(torch.equal(cached.state_dict()[key], value) for key, value in fresh.state_dict().items())
 
 
+def test_the_trace_gives_the_entries_each_image_used():
+    model = frozen_clip()
+    method = make_mint(model)
+    method.predict(random_views(seed=5))
+    first = method.sample_trace()
+    assert len(first["retrieved"]) == 6 and 0 < first["tuning_entries"] <= first["entries_ever_used"]
+    method.predict(random_views(seed=6))
+    second = method.sample_trace()
+    assert second["entries_ever_used"] >= first["entries_ever_used"]
+    assert second["entries_ever_used"] == int(((method.bank.train_counts + method.bank.test_counts) > 0).sum())
+
+
 @pytest.mark.parametrize("reset_memory", ["never", "per-set"])
 def test_a_second_set_keeps_the_memory_unless_it_is_reset_per_set(reset_memory):
     model = frozen_clip()

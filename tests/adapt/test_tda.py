@@ -140,6 +140,14 @@ def test_the_sample_is_cached_before_it_is_predicted(images):
     assert method.positive.valid.sum() == 1 and method.positive.valid[zero_shot.argmax(), 0]
 
 
+def test_the_trace_gives_the_caches_fill_after_each_image(images):
+    method = build_method("tda", {"neg_enabled": "false"})
+    assert method.sample_trace() == {}
+    method.setup(tiny_clip(), TestSet.named("DTD", CLASSES))
+    method.predict(images[:1])
+    assert method.sample_trace() == {"positive_entries": 1, "negative_entries": 0}
+
+
 # -- views and sets ------------------------------------------------------------------------------------------
 
 

@@ -146,6 +146,12 @@ class Method(ABC):
         """Lines for the run's summary: choices a reader of the results must know (e.g. the prompt's start)."""
         return []
 
+    def sample_trace(self) -> dict[str, Any]:
+        """What the last image did to an online method's state, as small JSON values (docs/protocols.md
+        § Introspection): written per sample beside the records when a run asks for it; {} for none.
+        Read back from the device once per image, after its prediction."""
+        return {}
+
     def diagnostics(self) -> Diagnostics:
         """At the end of a set of an online method: what its state holds (e.g. MINT's bank usage)."""
         return Diagnostics()

@@ -323,6 +323,7 @@ class DynaPrompt(Method):
             raise ValueError(f"dynaprompt takes one AdamW step per sample, as the official code; got steps={cfg.steps}")
         self.buffer: PromptBuffer | None = None
         self.last_selection: Selection | None = None
+        self._restarted: int | None = None  # reference: the slot restarted before the last image's scoring
         self._stats = {"samples": 0, "selected": 0, "restarted": 0, "appended": 0}
 
     def setup(self, model: CLIP, test_set: TestSet) -> None:
@@ -360,7 +361,8 @@ class DynaPrompt(Method):
         AdamW step on the selected prompts; returns the selection (its slots hold the tuned prompts)."""
         cfg, buffer = self.config, self.buffer
         if cfg.variant == "reference":
-            self._stats["restarted"] += buffer.recycle_if_full() is not None
+            self._restarted = buffer.recycle_if_full()
+            self._stats["restarted"] += self._restarted is not None
             scored = buffer.ctx  # every slot, with grad (the code's forward)
         else:
             scored = torch.cat([torch.zeros_like(buffer.ctx[:1]), buffer.ctx[buffer.occupied()]])  # v0 first
@@ -461,6 +463,19 @@ class DynaPrompt(Method):
             "none": "prompt buffer carried across sets unchanged (reset_state=none)",
         }[cfg.reset_state]
         return [variant, reset]
+
+    def sample_trace(self) -> dict[str, Any]:
+        """The slots the last image selected (in the buffer's order, repeats kept), the slot that took a
+        new prompt and the one whose prompt was deleted (reference: the restarted slot is both), and
+        how many slots hold a prompt after it."""
+        selection = self.last_selection
+        if selection is None:
+            return {}
+        restarted = self._restarted if self.config.variant == "reference" else None
+        return {"selected": selection.slots.tolist(),
+                "appended": selection.appended if restarted is None else restarted,
+                "deleted": selection.deleted if restarted is None else restarted,
+                "in_use": int((self.buffer.use > 0).sum())}
 
     def diagnostics(self) -> Diagnostics:
         if self.buffer is None or not self._stats["samples"]:

@@ -91,6 +91,8 @@ class MINT(Method):
     def __init__(self, config: MINTConfig | None = None) -> None:
         super().__init__(config)
         self.bank: MemoryPromptBank | None = None
+        self._last_index: Tensor | None = None  # (M,) view 0's retrieved entries at the last prediction
+        self._counts_before: Tensor | None = None  # train_counts before the last image's tuning
         auto = self.config.query_layers.strip().lower() == "auto"
         self.query_layers = [] if auto else _layers(self.config.query_layers)  # "auto": resolved by `check`
         self.inject_layers = _layers(self.config.inject_layers)
@@ -200,6 +202,8 @@ class MINT(Method):
         view 0's prediction reuses. Retrieval, the counters and the key term cover every view at every
         step; gradients flow only through the views selected at step 1, the only ones in the entropy."""
         optimizer = self.fresh_optimizer()
+        if self.bank is not None:
+            self._counts_before = self.bank.train_counts.clone()
         queries = self.queries(views)  # the frozen encoder without prompts: the same at every step
         selected = None
         with torch.enable_grad():
@@ -235,9 +239,20 @@ class MINT(Method):
         """View 0 (1, 3, H, W) with its queries (1, Q, W): a fresh retrieval (counted as a test selection,
         no warm-up re-weighting) and the tuned context -> logits (C,); then the context is reset."""
         index, _ = self.retrieve(queries, tuning=False)
+        self._last_index = index[0]
         logits = self.logits(self.image_features(view0, index), self.text_features())[0]
         self.learner.reset()
         return logits
+
+    def sample_trace(self) -> dict[str, Any]:
+        """The entries the last image's prediction retrieved (view 0's, in retrieval order), how many
+        distinct entries its tuning steps retrieved, and how many the bank has ever served."""
+        if self.bank is None or self.config.memory != "bank" or self._last_index is None:
+            return {}
+        counts = self.bank.train_counts + self.bank.test_counts
+        return {"retrieved": self._last_index.tolist(),
+                "tuning_entries": int((self.bank.train_counts > self._counts_before).sum()),
+                "entries_ever_used": int((counts > 0).sum())}
 
     def diagnostics(self) -> Diagnostics:
         """Usage and spread of the bank: entries ever retrieved, the usage histogram, pairwise key cosines."""

@@ -362,6 +362,12 @@ class TDA(FixedPromptMethod):
                                  f"{name}_capacity is {capacity}")
         self.positive, self.negative, self.classes = positive, negative, classes
 
+    def sample_trace(self) -> dict[str, Any]:
+        """The caches' fill after the last image: entries held, positive and negative."""
+        if self.positive is None:
+            return {}
+        return {"positive_entries": int(self.positive.valid.sum()), "negative_entries": int(self.negative.valid.sum())}
+
     def diagnostics(self) -> Diagnostics:
         if self.positive is None:
             return Diagnostics()
