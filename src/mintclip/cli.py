@@ -154,6 +154,15 @@ def method_names() -> str:
                      for name, cls in available_methods().items())
 
 
+SCENARIO_HELP = ("the order of the test stream, recorded with the run (docs/protocols.md): iid = each set in its "
+                 "seeded order, one set after another; sequential = the same order, named for the continual "
+                 "protocol; cyclic:R = each set cut into R chunks, visited in rounds (A1 R1 K1 A2 R2 K2 ...); "
+                 "mixed = every set's images in one shuffle; dirichlet:G = label-correlated order within each set "
+                 "(Dirichlet over classes, small G: long runs of a class); open-set:SET:RHO = round(RHO*N) images "
+                 "of SET mixed into each set of N, scored by AUROC and FPR@95, not accuracy; prefix:N = the first "
+                 "N images of each set's order")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder (default: runs/<method>)")
     parser.add_argument("--gpu", type=non_negative_int, help="CUDA device index (default: the CPU, or --device)")
@@ -168,6 +177,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=non_negative_int, default=default_workers(),
                         help="image decoding processes (0: decode in the main process)")
     parser.add_argument("--limit", type=positive_int, help="at most this many samples per set (default: all)")
+    parser.add_argument("--scenario", default="iid", metavar="S", help=SCENARIO_HELP)
     parser.add_argument("--augmix", choices=("auto", "on", "off"), default="auto",
                         help="AugMix views: auto = the method's choice, else the set's reference default")
     parser.add_argument("--act", choices=("quick_gelu", "gelu"), help="activation, when the checkpoint does not say")
@@ -203,6 +213,7 @@ def run_config(args: argparse.Namespace, method: str, weights: str, test_sets: s
                      out=args.out or f"runs/{method}", seeds=seeds, device=device, workers=args.workers, hp=hp,
                      act=args.act, augmix=args.augmix, limit=args.limit, save_every=args.save_every,
                      online_shards=args.online_shards, batch_images=args.batch_images, compile=args.compile,
+                     scenario=args.scenario,
                      strict=args.strict, resume=args.resume, progress=not args.no_progress)
 
 

@@ -100,11 +100,13 @@ def test_plots_bars_per_set_streams_of_online_runs_and_memory_usage(tmp_path):
     diagnostics = {"entries_retrieved": 7, "key_cosine_mean": 0.25}
     (mint / "seed0" / "X" / "diagnostics.json").write_text(json.dumps(diagnostics))
     bar_chart_png(torch.tensor([5.0, 3.0, 1.0]), mint / "seed0" / "X" / "diagnostics_usage.png", "usage")
+    bar_chart_png(torch.tensor([1.0, 2.0]), mint / "seed0" / "stream_trace.png", "the bank along the stream")
     zero = write_run(tmp_path / "zero", "zero", {"X": [records(right(5, 10), right(4, 10))]})
     report = report_runs([mint, zero], tmp_path / "report", block=5)
     written = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert written == ["accuracy.png", "gains.csv", "stream_X.png", "stream_Y.png", "summary.csv", "summary.md",
-                       "usage_mint_X.png"]  # streams of the online run only; Y has no usage histogram
+    assert written == ["accuracy.png", "gains.csv", "stream_X.png", "stream_Y.png", "stream_trace_mint.png",
+                       "summary.csv", "summary.md", "usage_mint_X.png"]  # online run only; Y has no usage histogram
+    assert "![stream_trace mint](stream_trace_mint.png)" in report
     assert all(f"- {name}\n" in report for name in written)
     groups, bars = 3, 3  # X, Y and the average; mint, zero and the zero-shot reference
     assert Image.open(tmp_path / "report" / "accuracy.png").size == (LEFT + groups * (bars * BAR + GROUP_GAP) + LEGEND,

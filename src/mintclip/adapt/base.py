@@ -72,6 +72,9 @@ class Method(ABC):
     # the config overrides that select the official code's order of work (mintclip.reference), where a
     # method's own path reorders it: the same numbers by more work, timed against it by `mintclip bench`
     reference_overrides: ClassVar[dict[str, Any]] = {}
+    # an online state that belongs to one class list (TDA's per-class caches): it cannot flow back and
+    # forth between sets whose classes differ, which an interleaving stream scenario would ask of it
+    state_per_class_list: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig | None = None) -> None:
         self.config = config if config is not None else self.Config()

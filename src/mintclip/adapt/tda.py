@@ -220,6 +220,7 @@ class TDA(FixedPromptMethod):
 
     name = "tda"
     online = True
+    state_per_class_list = True
     n_views = OOD_VIEWS
     Config = TDAConfig
     source = ("kdiAAA/TDA tda_runner.py (update_cache, compute_cache_logits, run_test_tda), utils.py "

@@ -1,6 +1,6 @@
 """What a run is: its settings (`RunConfig`), the data it ran on (`data_fingerprint`), what `prepare`
-checked and loaded (`Prepared`), and the two choices every stream shares (the sample order and AugMix),
-kept apart so the stream loops can import them without the orchestration in run.py."""
+checked and loaded (`Prepared`), and the AugMix choice every stream shares, kept apart so the stream
+loops can import them without the orchestration in run.py (the stream's order is in scenarios.py)."""
 
 from __future__ import annotations
 
@@ -10,21 +10,23 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..adapt.base import Method
 from ..data import ImageDataset, TestSet
 from ..model import CLIP
 from .records import RunLog
 
+if TYPE_CHECKING:
+    from .scenarios import Item, Scenario
+
 
 class RunError(ValueError):
     """A run that cannot start as asked; one line saying why and what to do."""
 
 
-LATER_OPTIONS = {"online_shards": None, "batch_images": 1, "compile": False}  # options added after runs were made: their defaults
+# options added after runs were made: their defaults
+LATER_OPTIONS = {"online_shards": None, "batch_images": 1, "compile": False, "scenario": "iid"}
 
 
 @dataclass
@@ -45,6 +47,7 @@ class RunConfig:
     batch_images: int = 1  # episodic methods: test images adapted together (same predictions, other rounding)
     compile: bool = False  # the frozen image encoder under torch.compile (same predictions, other rounding)
     online_shards: int | None = None  # online methods: K independent sub-streams per set (None: one stream)
+    scenario: str = "iid"  # the stream's order (scenarios.parse_scenario; docs/protocols.md § Stream scenarios)
     strict: bool = False  # refuse sets holding files that are not images, instead of skipping them
     resume: bool = False
     progress: bool = True
@@ -98,6 +101,12 @@ class Prepared:
     method: Method
     datasets: dict[str, ImageDataset]
     log: RunLog  # run.log; writes nothing on the other processes of a torchrun job
+    scenario: Scenario  # the parsed --scenario
+    ood: ImageDataset | None = None  # the out-of-distribution set an open-set scenario mixes in
+
+    def dataset_of(self, item: Item) -> ImageDataset:
+        """The dataset an item of the stream reads its image from."""
+        return self.ood if item.ood else self.datasets[item.set_id]
 
 
 def augmix_for(config: RunConfig, method: Method, dataset: ImageDataset) -> bool:
@@ -107,7 +116,3 @@ def augmix_for(config: RunConfig, method: Method, dataset: ImageDataset) -> bool
     chosen = method.augmix(test_set)
     return test_set.augmix if chosen is None else chosen
 
-
-def stream_order(n: int, seed: int, limit: int | None) -> list[int]:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return order[:limit] if limit is not None else order

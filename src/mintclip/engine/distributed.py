@@ -7,8 +7,11 @@ records are byte-identical to a single-process run's on CPU. Online methods keep
 process: a process takes whole sets (set i goes to rank i mod N) and its state flows only between its
 own sets. With `--online-shards K` every set is split into K independent sub-streams instead
 (sub-stream k takes positions k, k + K, ... of every set, from a fresh state, on rank k mod N); the
-records depend on K, never on N, and rank 0 merges them like the episodic shards. No scheduler of our own: torch.distributed for the barriers, files for everything else, so a
-killed job restarted with --resume continues every shard where it stopped.
+records depend on K, never on N, and rank 0 merges them like the episodic shards. A set's stream is
+its part of the scenario's (docs/protocols.md § Stream scenarios); a scenario that interleaves the sets
+(cyclic, mixed) cannot give whole sets to processes, so an online method runs it in one process or in
+sub-streams. No scheduler of our own: torch.distributed for the barriers, files for everything else, so
+a killed job restarted with --resume continues every shard where it stopped.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from .records import atomic_write_bytes, encode_records, read_records
+from .scenarios import Item, set_positions
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,9 @@ def sub_stream_suffix(index: int, count: int) -> str:
 
 @dataclass(frozen=True)
 class OnlineStream:
-    """One online stream of a seed: the sets it goes through in order, the positions of each it takes
-    (index, index + count, ...), and the file holding its state for resume (by default named by the
-    sub-stream)."""
+    """One online stream of a seed: the sets it goes through, the positions of each set's part of the
+    scenario's stream it takes (index, index + count, ...), and the file holding its state for resume
+    (by default named by the sub-stream)."""
     sets: tuple[str, ...]
     index: int = 0
     count: int = 1
@@ -92,8 +96,10 @@ class OnlineStream:
     def state_file(self) -> str:
         return self.state or f"state{self.suffix}.pt"
 
-    def positions(self, order: list[int]) -> list[int]:
-        return order[self.index::self.count]
+    def take(self, items: list[Item]) -> list[Item]:
+        """Its part of the scenario's stream, in stream order."""
+        return [item for item, position in zip(items, set_positions(items))
+                if item.set_id in self.sets and position % self.count == self.index]
 
 
 def suffixed(path: Path, suffix: str) -> Path:

@@ -4,6 +4,7 @@ the report's grouped bars of top-1 per set and run."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -34,8 +35,9 @@ def bar_chart_png(values: torch.Tensor, path: Path, title: str, width: int = 800
 
 
 def line_chart_png(series: dict[str, list[float]], path: Path, title: str, x_label: str,
-                   width: int = 800, height: int = 360) -> None:
-    """Lines of accuracy (%) against block number, one per run."""
+                   width: int = 800, height: int = 360, marks: Sequence[tuple[float, str]] = ()) -> None:
+    """Lines of accuracy (%) against block number, one per run; `marks` (x in points, label) draw grey
+    vertical lines, e.g. where a stream changes set."""
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     left, right, top, bottom = 50, width - 170, 30, height - 35
@@ -47,6 +49,9 @@ def line_chart_png(series: dict[str, list[float]], path: Path, title: str, x_lab
     y_of = lambda v: bottom - (bottom - top) * (v - low) / (high - low)  # noqa: E731
     draw.line([left, bottom, right, bottom], fill="black")
     draw.line([left, top, left, bottom], fill="black")
+    for x, label in marks:
+        draw.line([x_of(x), top, x_of(x), bottom], fill=(170, 170, 170))
+        draw.text((x_of(x) + 2, bottom - 12), label[:12], fill=(120, 120, 120))
     for i, (label, line) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
         points = [(x_of(j), y_of(v)) for j, v in enumerate(line)]

@@ -9,8 +9,11 @@ numbers under two names would only raise the question which one is right, and it
 (+0.00 [+0.00, +0.00]) shows that they agree. Sets are keyed by what they are: runs whose set of one
 name was other data (their config.json's data fingerprints differ) get a column each, so they are never
 averaged together, and a run's gains pair only its own records. ECE is reported only for methods whose
-scores are probabilities (`Method.calibrated`). Beside the tables: a bar chart of top-1, top-1 along the
-stream of online runs, and the diagnostics of the runs whose methods keep them, drawn as the method gave them.
+scores are probabilities (`Method.calibrated`). Records of out-of-distribution images (an open-set
+scenario's, `"ood": true`) are never scored for accuracy; where a set has them, the report gives AUROC
+and FPR@95 of in- versus out-of-distribution by maximum softmax probability (docs/protocols.md § Scoring
+open-set streams). Beside the tables: a bar chart of top-1, top-1 along the stream of online runs, and
+the diagnostics of the runs whose methods keep them, drawn as the method gave them.
 """
 
 from __future__ import annotations
@@ -62,8 +65,15 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
     return ece
 
 
+def in_distribution(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records that accuracy is measured on: all but an open-set stream's out-of-distribution images."""
+    return [r for r in records if not r.get("ood")]
+
+
 def metrics(records: list[dict[str, Any]], calibrated: bool = True) -> SetMetrics:
-    """Top-1, top-5 and, when `calibrated` (softmax of the method's logits is a probability), ECE."""
+    """Top-1, top-5 and, when `calibrated` (softmax of the method's logits is a probability), ECE, over
+    the in-distribution records."""
+    records = in_distribution(records)
     scored = [r for r in records if "skipped" not in r]
     n = len(scored)
     top1 = sum(r["top5"][0][0] == r["label"] for r in scored)
@@ -79,6 +89,7 @@ def ece_note(method: str) -> str:
 
 def zeroshot_metrics(records: list[dict[str, Any]]) -> SetMetrics:
     """Top-1 of the records' zero-shot predictions; they carry no probabilities, so top-5 and ECE are NaN."""
+    records = in_distribution(records)
     scored = [r for r in records if "zeroshot" in r]
     top1 = 100.0 * sum(r["zeroshot"] == r["label"] for r in scored) / len(scored) if scored else 0.0
     return SetMetrics(len(scored), len(records) - len(scored), top1, math.nan, math.nan)
@@ -141,8 +152,64 @@ def details_table(method: str, per_set: dict[str, list[SetMetrics]]) -> str:
 
 def stream_accuracy(records: list[dict[str, Any]], block: int = 200) -> list[float]:
     """Top-1 (%) of consecutive blocks of scored samples, in stream order: prompt collapse shows as a decline."""
-    hits = [r["top5"][0][0] == r["label"] for r in records if "skipped" not in r]
+    hits = [r["top5"][0][0] == r["label"] for r in in_distribution(records) if "skipped" not in r]
     return [100.0 * sum(hits[i:i + block]) / len(hits[i:i + block]) for i in range(0, len(hits), block)]
+
+
+@dataclass
+class DetectionMetrics:
+    in_distribution: int  # scored images of each kind
+    out_of_distribution: int
+    auroc: float  # percent
+    fpr95: float  # percent: false positive rate at 95% true positive rate
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """The probability that a positive scores above a negative, a tie counting 1/2 (Mann-Whitney U over
+    n_pos·n_neg): the area under the ROC curve whose steps are the distinct scores."""
+    below = np.sort(np.asarray(negative, dtype=np.float64))
+    scores = np.asarray(positive, dtype=np.float64)
+    lower = np.searchsorted(below, scores, side="left")
+    ties = np.searchsorted(below, scores, side="right") - lower
+    return float((lower.sum() + 0.5 * ties.sum()) / (len(scores) * len(below)))
+
+
+def fpr_at_tpr(positive: Sequence[float], negative: Sequence[float], tpr: int = 95) -> float:
+    """The share of negatives scoring at least t, t the largest score that keeps `tpr`% of the positives at
+    or above it: the k-th highest positive score, k = ceil(tpr·n_pos / 100). Ties at t count as positive
+    predictions, as in a ROC curve thresholded at the distinct scores (sklearn's roc_curve)."""
+    k = -(-tpr * len(positive) // 100)
+    threshold = np.sort(np.asarray(positive, dtype=np.float64))[::-1][k - 1]
+    return float(np.mean(np.asarray(negative, dtype=np.float64) >= threshold))
+
+
+def detection_metrics(records: list[dict[str, Any]]) -> DetectionMetrics | None:
+    """In- (positive) versus out-of-distribution images by maximum softmax probability (top5[0][1]) over
+    the scored records; None for records with no scored image of either kind."""
+    scored = [r for r in records if "skipped" not in r]
+    known = [r["top5"][0][1] for r in scored if not r.get("ood")]
+    unknown = [r["top5"][0][1] for r in scored if r.get("ood")]
+    if not known or not unknown:
+        return None
+    return DetectionMetrics(len(known), len(unknown), 100 * auroc(known, unknown), 100 * fpr_at_tpr(known, unknown))
+
+
+def detection_tables(runs: dict[str, dict[str, list[DetectionMetrics]]]) -> tuple[str, str]:
+    """runs[label][set] = DetectionMetrics per seed -> (Markdown, CSV): a row per run and set with the
+    images of each kind, AUROC and FPR@95 (%), mean ± std over seeds."""
+    md = ["| run | set | ID | OOD | AUROC | FPR@95 |", "|---|---|---|---|---|---|"]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["run", "set", "seeds", "id", "ood", "auroc", "auroc_std", "fpr95", "fpr95_std"])
+    for label, per_set in runs.items():
+        for s, seeds in per_set.items():
+            aurocs, fprs = [m.auroc for m in seeds], [m.fpr95 for m in seeds]
+            md.append(f"| {label} | {s} | {seeds[0].in_distribution} | {seeds[0].out_of_distribution} | "
+                      f"{mean_std(aurocs)} | {mean_std(fprs)} |")
+            writer.writerow([label, s, len(seeds), seeds[0].in_distribution, seeds[0].out_of_distribution,
+                             f"{statistics.mean(aurocs):.4f}", f"{statistics.stdev(aurocs):.4f}" if len(seeds) > 1 else "",
+                             f"{statistics.mean(fprs):.4f}", f"{statistics.stdev(fprs):.4f}" if len(seeds) > 1 else ""])
+    return "\n".join(md) + "\n", out.getvalue()
 
 
 def paired_differences(per_seed: list[list[dict[str, Any]]]) -> np.ndarray:
@@ -151,7 +218,7 @@ def paired_differences(per_seed: list[list[dict[str, Any]]]) -> np.ndarray:
     total: dict[int, int] = {}
     seeds: dict[int, int] = {}
     for records in per_seed:
-        for r in records:
+        for r in in_distribution(records):
             if "zeroshot" in r:
                 i = r["index"]
                 total[i] = total.get(i, 0) + (r["top5"][0][0] == r["label"]) - (r["zeroshot"] == r["label"])
@@ -341,8 +408,9 @@ def zeroshot_reference(runs: list[Run]) -> tuple[dict[str, list[SetMetrics]], li
 
 def diagnostics_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
     """Per run whose method kept diagnostics (MINT's bank, DynaPrompt's buffer, TDA's caches), its first
-    seed's numbers per set (per sub-stream when it ran with --online-shards), and its bar charts copied
-    into the report as <chart>_<run>_<set>.png; returns (Markdown, files written)."""
+    seed's numbers per set (per sub-stream when it ran with --online-shards), its bar charts copied
+    into the report as <chart>_<run>_<set>.png, and its state and top-1 along the whole stream
+    (stream_trace.png, stream_accuracy.png) as stream_<kind>_<run>.png; returns (Markdown, files written)."""
     blocks: list[str] = []
     files: list[str] = []
     for run in runs:
@@ -358,6 +426,11 @@ def diagnostics_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
                     if "." not in chart_name:  # not another sub-stream's
                         files.append(f"{chart_name}_{file_part(run.label)}_{file_part(s)}{stream}.png")
                         shutil.copyfile(chart, out / files[-1])
+        streams = []
+        for chart in sorted(first_seed.glob("stream_*.png")):  # study.py: the state and top-1 along the stream
+            files.append(f"{chart.stem}_{file_part(run.label)}.png")
+            shutil.copyfile(chart, out / files[-1])
+            streams.append(f"![{chart.stem} {run.label}]({files[-1]})")
         if not numbers:
             continue
         keys = list(dict.fromkeys(k for n in numbers.values() for k in n))
@@ -365,7 +438,7 @@ def diagnostics_section(runs: list[Run], out: Path) -> tuple[str, list[str]]:
         for row, n in numbers.items():
             values = [f"{n[k]:.4f}" if isinstance(n.get(k), float) else str(n.get(k, "-")) for k in keys]
             lines.append(f"| {row} | " + " | ".join(values) + " |")
-        blocks.append("\n".join(lines) + "\n")
+        blocks.append("\n".join(lines + ([""] + streams if streams else [])) + "\n")
     return ("## Diagnostics (first seed)\n\n" + "\n".join(blocks) if blocks else ""), files
 
 
@@ -388,6 +461,9 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap
     runs = load_runs(run_dirs, labels)
     notes = separate_data(runs)
     notes += [f"Note: {ece_note(run.label)}; summary.csv leaves its ece empty." for run in runs if not run.calibrated]
+    scenarios = [f"{run.label} {run.config['run']['scenario']}" for run in runs if "scenario" in run.config["run"]]
+    if scenarios:
+        notes.append(f"Note: stream scenarios (docs/protocols.md): {'; '.join(scenarios)}; any other run iid.")
     sets = list(dict.fromkeys(s for run in runs for s in run.records))
     results = {run.label: {s: [metrics(r, run.calibrated) for r in per_seed] for s, per_seed in run.records.items()}
                for run in runs}
@@ -401,6 +477,19 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap
     diagnostics, chart_files = diagnostics_section(runs, out)
     accuracy_chart(results, sets, out / "accuracy.png")
     files = ["summary.md", "summary.csv", "gains.csv", "accuracy.png"]
+    detection = {run.label: {s: found for s, per_seed in run.records.items()
+                             if (found := [m for m in map(detection_metrics, per_seed) if m is not None])}
+                 for run in runs}
+    detection = {label: per_set for label, per_set in detection.items() if per_set}
+    detected = ""
+    if detection:
+        table, detection_csv = detection_tables(detection)
+        (out / "ood.csv").write_text(detection_csv)
+        files.append("ood.csv")
+        detected = ("## Out-of-distribution detection (%), mean ± std over seeds\n\nIn-distribution images are the "
+                    "positives, scored by their maximum softmax probability; AUROC counts ties as 1/2, FPR@95 is the "
+                    "share of OOD images at or above the score that keeps 95% of the ID images. The OOD images are "
+                    f"left out of every accuracy above.\n\n{table}")
     for s in sets:
         streams = {run.label: stream_accuracy(run.records[s][0], block) for run in runs
                    if run.config["method"]["online"] and run.records.get(s)}
@@ -420,6 +509,7 @@ def report_runs(run_dirs: Sequence[Path], out: Path, block: int = 200, bootstrap
         "Per sample, the run's correctness averaged over its seeds minus that of zero-shot CLIP on the same image "
         "(the records' `zeroshot`); the average column resamples each set on its own. **Bold**: the interval "
         f"excludes 0.\n\n{gain}{note}",
+        detected,
         diagnostics,
         "## Files\n\n" + "".join(f"- {name}\n" for name in [*files, *chart_files]),
     ]
