@@ -260,6 +260,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from .engine.distributed import Shard
     from .engine.sweep import parse_axes, run_sweep
 
     if not args.grid and not args.ablation:
@@ -271,6 +272,8 @@ def _sweep(args: argparse.Namespace) -> int:
         markdown = run_sweep(config, Path(args.out), parse_axes(args.grid, "--grid"), parse_axes(args.ablation, "--ablation"))
     except KeyboardInterrupt:
         raise Interrupted(args.out) from None
+    if Shard.from_env().rank != 0:  # under torchrun, rank 0 speaks for the job
+        return 0
     print(markdown)
     print(f"wrote {args.out}/<point>/ (one run folder per point), {args.out}/sweep.json and {args.out}/report/")
     return 0

@@ -1,5 +1,5 @@
-"""Charts drawn with Pillow alone (no plotting dependency): a run's usage histogram and stream curve, and
-the report's grouped bars of top-1 per set and run."""
+"""Charts drawn with Pillow alone (no plotting dependency): a run's usage histogram and stream curve,
+the report's grouped bars of top-1 per set and run, and a sweep's top-1 with intervals against a swept value."""
 
 from __future__ import annotations
 
@@ -111,4 +111,55 @@ def grouped_bar_chart_png(groups: list[str], series: dict[str, list[tuple[float,
         y = top + 20 * i
         draw.rectangle([right + 16, y, right + 28, y + 12], fill=PALETTE[i % len(PALETTE)])
         draw.text((right + 34, y + 6), label[:26], fill="black", font=font, anchor="lm")
+    image.save(path)
+
+
+def interval_chart_png(ticks: list[str], series: dict[str, list[tuple[float, float, float] | None]], path: Path,
+                       title: str, x_label: str, y_label: str, references: dict[str, float] | None = None) -> None:
+    """Means joined by a line, one line per series (colour), at evenly spaced categorical ticks (x), each with
+    an error bar from its low to its high ((mean, low, high) per tick, None: not drawn). The series lie a
+    few pixels apart so that their bars do not hide each other; `references` draws a series' level as a
+    dashed line of its colour (a sensitivity plot's defaults)."""
+    references = references or {}
+    width = max(640, LEFT + 90 * len(ticks) + LEGEND)
+    image = Image.new("RGB", (width, HEIGHT), "white")
+    draw = ImageDraw.Draw(image)
+    font, big = ImageFont.load_default(size=12), ImageFont.load_default(size=15)
+    top, bottom, right = 60, HEIGHT - 52, width - LEGEND
+    values = [v for line in series.values() for value in line if value is not None for v in value]
+    values += list(references.values())
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = max(0.05 * (high - low), 0.5)
+    low, high = low - pad, high + pad
+    step = (right - LEFT) / max(len(ticks), 1)
+    x_of = lambda i: LEFT + step * (i + 0.5)  # noqa: E731
+    y_of = lambda v: bottom - (bottom - top) * (v - low) / (high - low)  # noqa: E731
+    for k in range(5):
+        tick = low + (high - low) * k / 4
+        draw.line([LEFT, y_of(tick), right, y_of(tick)], fill=(225, 225, 225))
+        draw.text((LEFT - 6, y_of(tick)), f"{tick:.1f}", fill="black", font=font, anchor="rm")
+    for i, tick in enumerate(ticks):
+        draw.text((x_of(i), bottom + 6), tick[:14], fill="black", font=font, anchor="mt")
+    for s, (label, line) in enumerate(series.items()):
+        color = PALETTE[s % len(PALETTE)]
+        if label in references:
+            y = y_of(references[label])
+            for x in range(LEFT, right, 10):
+                draw.line([x, y, min(x + 5, right), y], fill=color)
+        shift = 5 * (s - (len(series) - 1) / 2)
+        drawn = [(x_of(i) + shift, value) for i, value in enumerate(line) if value is not None]
+        if len(drawn) > 1:
+            draw.line([(x, y_of(mean)) for x, (mean, _, _) in drawn], fill=color, width=2)
+        for x, (mean, lo, hi) in drawn:
+            draw.line([x, y_of(lo), x, y_of(hi)], fill=color)
+            for end in (lo, hi):
+                draw.line([x - 3, y_of(end), x + 3, y_of(end)], fill=color)
+            draw.ellipse([x - 3, y_of(mean) - 3, x + 3, y_of(mean) + 3], fill=color)
+        draw.rectangle([right + 16, top + 20 * s, right + 28, top + 20 * s + 12], fill=color)
+        draw.text((right + 34, top + 20 * s + 6), label[:26], fill="black", font=font, anchor="lm")
+    draw.line([LEFT, bottom, right, bottom], fill="black")
+    draw.line([LEFT, top, LEFT, bottom], fill="black")
+    draw.text((LEFT, 12), title, fill="black", font=big)
+    draw.text((LEFT, top - 10), y_label, fill="black", font=font, anchor="ld")
+    draw.text(((LEFT + right) / 2, HEIGHT - 12), x_label, fill="black", font=font, anchor="ms")
     image.save(path)

@@ -268,6 +268,33 @@ def gains_over_zeroshot(per_set: dict[str, list[list[dict[str, Any]]]], sets: Se
     return gains
 
 
+def with_reference(per_seed: list[list[dict[str, Any]]],
+                   reference: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """The records with the reference run's prediction on the same image and seed in the place of
+    `zeroshot`, so that paired_differences and gains_over_zeroshot pair a run with another run (a sweep's
+    point with its defaults) as they pair it with zero-shot. `reference` holds the same seeds in the same
+    order; a sample either run skipped under a seed has no `zeroshot` there and drops out of that seed."""
+    paired = []
+    for records, theirs in zip(per_seed, reference):
+        predicted = {r["index"]: r["top5"][0][0] for r in theirs if "skipped" not in r}
+        rows = []
+        for r in records:
+            rows.append({key: value for key, value in r.items() if key != "zeroshot"})
+            if "skipped" not in r and r["index"] in predicted:
+                rows[-1]["zeroshot"] = predicted[r["index"]]
+        paired.append(rows)
+    return paired
+
+
+def gains_over_reference(per_set: dict[str, list[list[dict[str, Any]]]],
+                         reference: dict[str, list[list[dict[str, Any]]]], sets: Sequence[str],
+                         bootstrap: int) -> dict[str, Gain]:
+    """gains_over_zeroshot with another run's predictions as the baseline (with_reference): the same
+    pairing over images and seeds, the same bootstrap, the same seeds per set."""
+    return gains_over_zeroshot({s: with_reference(per_set.get(s, []), reference.get(s, [])) for s in sets}, sets,
+                               bootstrap)
+
+
 def points(x: float) -> str:
     """Signed top-1 points; a tiny negative prints as +0.00, not -0.00."""
     return f"{x:+.2f}".replace("-0.00", "+0.00")

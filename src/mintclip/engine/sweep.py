@@ -3,27 +3,41 @@ ordinary run folder under the sweep's folder, run in a stated order.
 
 Every point is `run` with the same settings but its own `--hp` values, so it has records, resume and a
 summary like any run, and every point sees the same images in the same order with the same views (the
-seeds are shared): differences between points are paired. `resume` continues the sweep: finished
-points are read back as they are, the unfinished one resumes where it stopped. All points are checked
-(hyper-parameter names and values) before the first image of the first point.
+seeds are shared): differences between points are paired. Each point is compared with the method's
+defaults: the point whose method config equals theirs, or, where none does, a point `defaults` that the
+sweep adds and runs first. `resume` continues the sweep: finished points are read back as they are, the
+unfinished one resumes where it stopped. All points are checked (hyper-parameter names and values)
+before the first image of the first point. Under torchrun every process runs every point, each point's
+images shared out as `run` shares them, and rank 0 alone checks and writes sweep.json and the report
+(docs/protocols.md § Sweeps).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import itertools
 import json
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..adapt import build_method
+from ..adapt.base import MethodConfig
+from ..model import check_device
 from .config import RunConfig, RunError
-from .plots import line_chart_png
-from .records import atomic_write_json, read_records
-from .report import metrics, report_runs
+from .distributed import Shard
+from .plots import interval_chart_png
+from .records import atomic_write_json
+from .report import Gain, SetMetrics, gains_over_reference, gains_table, load_runs, metrics, report_runs, seed_averages
 from .run import run
 
 MANIFEST = "sweep.json"
+BOOTSTRAP = 2000  # draws of each paired interval against the defaults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,42 +78,218 @@ def check_points(method: str, base_hp: dict[str, Any], points: list[Point]) -> N
             raise RunError(f"sweep point {point.name}: {e}") from None
 
 
-def run_sweep(base: RunConfig, out: Path, grid: dict[str, list[str]], ablation: dict[str, list[str]]) -> str:
-    """Every point in order under `out`, then the report of them all (out/report); returns its Markdown."""
-    points = sweep_points(grid, ablation)
-    check_points(base.method, base.hp, points)
-    manifest = {"method": base.method, "grid": grid, "ablation": ablation,
-                "points": [{"name": p.name, "hp": p.overrides} for p in points]}
+def method_config(method: str, base_hp: dict[str, Any], point: Point) -> MethodConfig:
+    return build_method(method, {**base_hp, **point.overrides}).config
+
+
+def with_defaults(method: str, base_hp: dict[str, Any], points: list[Point]) -> tuple[list[Point], Point]:
+    """The points, and the one every point is compared with: the first whose built config equals the
+    method's defaults (under the sweep's own --hp), so that gamma=0.30 is the default gamma=0.3, or, where
+    none does, a point `defaults` with no overrides, added to run first."""
+    defaults = build_method(method, base_hp).config
+    same = [p for p in points if method_config(method, base_hp, p) == defaults]
+    return (points, same[0]) if same else ([Point({}), *points], Point({}))
+
+
+def claim_sweep(out: Path, manifest: dict[str, Any], resume: bool) -> None:
+    """`out` holds no sweep, or this one and `resume` continues it; then it holds this sweep's manifest."""
     saved = out / MANIFEST
     if saved.is_file() and json.loads(saved.read_text()) != manifest:
         raise RunError(f"{out}: holds another sweep (its {MANIFEST} differs); choose another --out")
-    if saved.is_file() and not base.resume:
+    if saved.is_file() and not resume:
         raise RunError(f"{out}: holds this sweep already; pass --resume to continue it")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(saved, manifest)
-    folders = []
-    for point in points:
-        folders.append(out / point.name)
-        run(dataclasses.replace(base, out=str(folders[-1]), hp={**base.hp, **point.overrides}))
-    markdown = report_runs(folders, out / "report", labels=[f"{base.method} {p.name}" for p in points])
+
+
+def on_rank_zero(shard: Shard, check: Callable[[], None]) -> None:
+    """`check` on rank 0 alone, its refusal raised on every process: a refused job stops everywhere with
+    the same line, and no other rank reads the manifest that rank 0 has just written."""
+    refused = None
+    if shard.rank == 0:
+        try:
+            check()
+        except RunError as e:
+            refused = str(e)
+    if shard.sharded:
+        told = [refused]
+        torch.distributed.broadcast_object_list(told, src=0)
+        refused = told[0]
+    if refused:
+        raise RunError(refused)
+
+
+def run_sweep(base: RunConfig, out: Path, grid: dict[str, list[str]], ablation: dict[str, list[str]]) -> str:
+    """Every point in order under `out`, then the report of them all (out/report); returns its Markdown
+    on rank 0, '' on the other processes of a torchrun job. The job keeps one process group for the
+    whole sweep, which each point's `run` uses as it finds it."""
+    points = sweep_points(grid, ablation)
+    check_points(base.method, base.hp, [*points, Point({})])
+    points, defaults = with_defaults(base.method, base.hp, points)
+    manifest = {"method": base.method, "grid": grid, "ablation": ablation, "defaults": defaults.name,
+                "points": [{"name": p.name, "hp": p.overrides} for p in points]}
+    shard = Shard.from_env()
+    device = shard.device(base.device)
+    check_device(device)  # before the process group's set_device, as `run` does
+    created = shard.start(device)
+    try:
+        on_rank_zero(shard, lambda: claim_sweep(out, manifest, base.resume))
+        for point in points:
+            run(dataclasses.replace(base, out=str(out / point.name), hp={**base.hp, **point.overrides}))
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+    return sweep_report(out, base, points, defaults, grid, ablation) if shard.rank == 0 else ""
+
+
+def sweep_report(out: Path, base: RunConfig, points: list[Point], defaults: Point, grid: dict[str, list[str]],
+                 ablation: dict[str, list[str]]) -> str:
+    """report_runs over the points, then what a sweep asks of them, in out/report: each point against
+    the defaults with paired intervals (vs_defaults.csv), the ablation table (ablation.csv), every number
+    (report.json) and a sensitivity plot per swept key; returns summary.md, which holds it all."""
+    folder = out / "report"
+    labels = {p.name: f"{base.method} {p.name}" for p in points}
+    folders = [out / p.name for p in points]
+    markdown = report_runs(folders, folder, bootstrap=BOOTSTRAP, labels=list(labels.values()))
+    runs = dict(zip(labels, load_runs(folders, list(labels.values()))))
+    sets = list(dict.fromkeys(s for r in runs.values() for s in r.records))
+    results = {name: {s: [metrics(records, r.calibrated) for records in per_seed] for s, per_seed in r.records.items()}
+               for name, r in runs.items()}
+    gains = {p.name: gains_over_reference(runs[p.name].records, runs[defaults.name].records, sets, BOOTSTRAP)
+             for p in points if p != defaults}
+    against, against_csv = gains_table({labels[name]: g for name, g in gains.items()}, sets)
+    (folder / "vs_defaults.csv").write_text(against_csv)
+    added = " (no point of the sweep is at them, so the sweep ran them as the point `defaults`)" if (
+        defaults == Point({})) else ""
+    sections = [f"## Against the defaults (top-1 points), mean [95% CI], paired bootstrap over samples, B={BOOTSTRAP}\n\n"
+                f"Each point against {labels[defaults.name]}, the method's defaults{added}: per sample, the point's "
+                "correctness minus the defaults' on the same image and seed, averaged over the seeds; the average column "
+                f"resamples each set on its own. **Bold**: the interval excludes 0.\n\n{against}"]
+    files = ["vs_defaults.csv"]
+    if ablation:
+        table, table_csv = ablation_table(ablation_rows(base, defaults, ablation, results), sets)
+        (folder / "ablation.csv").write_text(table_csv)
+        files.append("ablation.csv")
+        sections.append("## Ablations: top-1 (%), mean over seeds, and the difference from the default row\n\n" + table)
+    files.append("report.json")
+    plots = []
     for key in {**grid, **ablation}:
-        sensitivity_plot(out, points, key, grid, base.seeds[0])
+        plots.append(f"sensitivity_{key}.png")
+        sensitivity_plot(folder / plots[-1], key, plotted_points(points, key, grid), results, gains, defaults.name, sets)
+    sections.append("## Sensitivity\n\nTop-1 (%) against each swept value, mean over seeds, a line per set; the bars are "
+                    "each point's paired 95% interval against the defaults, placed around its mean, and the dashed line of "
+                    "each set is the defaults' top-1: a bar misses it where the interval excludes 0 (exactly so where both scored "
+                    "the same images).\n\n"
+                    + "".join(f"![{name[:-4]}]({name})\n" for name in plots))
+    atomic_write_json(folder / "report.json", sweep_numbers(base, points, defaults, sets, results, gains))
+    head, files_heading, listed = markdown.rpartition("## Files\n\n")
+    markdown = (head + "\n".join(sections) + "\n" + files_heading + listed
+                + "".join(f"- {name}\n" for name in [*files, *plots]))
+    (folder / "summary.md").write_text(markdown)
     return markdown
 
 
-def sensitivity_plot(out: Path, points: list[Point], key: str, grid: dict[str, list[str]], seed: int) -> None:
-    """Top-1 of one seed against the values of one swept key, one line per set, into
-    out/report/sensitivity_<key>.png: a grid key with the other grid keys at their first value, an
-    ablation key alone."""
+def ablation_rows(base: RunConfig, defaults: Point, ablation: dict[str, list[str]],
+                  results: dict[str, dict[str, list[SetMetrics]]]) -> dict[str, dict[str, list[SetMetrics]]]:
+    """The ablation table's rows by their setting: first the defaults, written as the default value of
+    every ablated key, then each ablated value in order, marked "(default)" where it is the default."""
+    default_config = build_method(base.method, base.hp).config
+    rows = {", ".join(f"{key} = {getattr(default_config, key)}" for key in ablation) + " (default)":
+            results[defaults.name]}
+    for key, values in ablation.items():
+        for value in values:
+            point = Point({key: value})
+            if point != defaults:
+                at_default = method_config(base.method, base.hp, point) == default_config
+                rows[f"{key} = {value}" + (" (default)" if at_default else "")] = results[point.name]
+    return rows
+
+
+def signed(x: float) -> str:
+    """A difference in top-1 points as the papers print it: +0.4, −1.2 (a minus sign), +0.0 for a tiny one."""
+    return f"{x:+.1f}".replace("-0.0", "+0.0").replace("-", "\u2212")
+
+
+def ablation_table(rows: dict[str, dict[str, list[SetMetrics]]], sets: Sequence[str]) -> tuple[str, str]:
+    """(Markdown, CSV) in the layout of the papers' ablation tables: a row per setting, the first the
+    defaults, a column per set and the average; each cell the top-1 (mean over seeds) and beside it
+    its difference from the first row, `61.3 (−1.2)`."""
+    columns = [*sets, "average"]
+    md = ["| " + " | ".join(["setting", *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["setting", "set", "seeds", "top1", "difference"])
+    means = {label: column_means(per_set, sets) for label, per_set in rows.items()}
+    reference = next(iter(means.values()))
+    for row, (label, mean) in enumerate(means.items()):
+        cells = []
+        for column in columns:
+            value, seeds = mean.get(column, (None, 0))
+            if value is None:
+                cells.append("-")
+                continue
+            against = reference[column][0]
+            difference = value - against if row and against is not None else None
+            cells.append(f"{value:.1f}" + (f" ({signed(difference)})" if difference is not None else ""))
+            writer.writerow([label, column, seeds, f"{value:.4f}", "" if difference is None else f"{difference:.4f}"])
+        md.append("| " + " | ".join([label, *cells]) + " |")
+    return "\n".join(md) + "\n", out.getvalue()
+
+
+def column_means(per_set: dict[str, list[SetMetrics]], sets: Sequence[str]) -> dict[str, tuple[float | None, int]]:
+    """Per set and the average: (mean top-1 over seeds, seeds), None for a column without any."""
+    columns = {s: [m.top1 for m in per_set.get(s, [])] for s in sets} | {"average": seed_averages(per_set, sets)}
+    return {c: (statistics.mean(v) if v else None, len(v)) for c, v in columns.items()}
+
+
+def top1_numbers(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "seeds": values}
+
+
+def sweep_numbers(base: RunConfig, points: list[Point], defaults: Point, sets: list[str],
+                  results: dict[str, dict[str, list[SetMetrics]]], gains: dict[str, dict[str, Gain]]) -> dict[str, Any]:
+    """report.json: per point its top-1 per set and average (mean, std, per seed) and, but for the
+    defaults, its gain over them with the paired interval."""
+    numbers = []
+    for p in points:
+        per_set = results[p.name]
+        top1 = {s: top1_numbers([m.top1 for m in per_set[s]]) for s in sets if per_set.get(s)}
+        if averages := seed_averages(per_set, sets):
+            top1["average"] = top1_numbers(averages)
+        against = {column: {"samples": g.samples, "gain": g.gain, "low": g.low, "high": g.high}
+                   for column, g in gains.get(p.name, {}).items()}
+        numbers.append({"name": p.name, "hp": p.overrides, "top1": top1, "vs_defaults": against})
+    return {"method": base.method, "hp": base.hp, "seeds": base.seeds, "sets": sets, "defaults": defaults.name,
+            "bootstrap": BOOTSTRAP, "points": numbers}
+
+
+def plotted_points(points: list[Point], key: str, grid: dict[str, list[str]]) -> list[Point]:
+    """The points a key's sensitivity plot shows: a grid key's values with the other grid keys at their
+    first value, an ablation key's values alone."""
     if key in grid:
         wanted = [{**{k: v[0] for k, v in grid.items()}, key: value} for value in grid[key]]
     else:
         wanted = [p.overrides for p in points if list(p.overrides) == [key]]
-    chosen = [p for p in points if p.overrides in wanted]
-    series: dict[str, list[float]] = {}
-    for point in chosen:
-        for records_path in sorted((out / point.name / f"seed{seed}").glob("*/records.jsonl")):
-            series.setdefault(records_path.parent.name, []).append(metrics(read_records(records_path)).top1)
-    values = ", ".join(p.overrides[key] for p in chosen)
-    line_chart_png(series, out / "report" / f"sensitivity_{key}.png",
-                   f"top-1 (%) against {key} = {values}", key)
+    return [p for p in points if p.overrides in wanted]
+
+
+def sensitivity_plot(path: Path, key: str, chosen: list[Point], results: dict[str, dict[str, list[SetMetrics]]],
+                     gains: dict[str, dict[str, Gain]], defaults: str, sets: list[str]) -> None:
+    """Top-1 (mean over seeds) against the values of one swept key, one line per set, each point with
+    its paired 95% interval against the defaults placed around its mean (mean + low - gain to mean +
+    high - gain) and the defaults' top-1 as a dashed line: a bar misses the line where the interval
+    excludes 0. The defaults' own point has no bar."""
+    series: dict[str, list[tuple[float, float, float] | None]] = {}
+    for s in sets:
+        line = []
+        for point in chosen:
+            top1 = [m.top1 for m in results[point.name].get(s, [])]
+            mean = statistics.mean(top1) if top1 else None
+            gain = gains.get(point.name, {}).get(s)
+            line.append(None if mean is None else (mean, mean + gain.low - gain.gain, mean + gain.high - gain.gain)
+                        if gain else (mean, mean, mean))
+        series[s] = line
+    references = {s: statistics.mean(m.top1 for m in results[defaults][s]) for s in sets if results[defaults].get(s)}
+    interval_chart_png([point.overrides[key] for point in chosen], series, path, f"Top-1 against {key}, mean over seeds",
+                       key, "top-1 (%); bars: paired 95% interval against the defaults (dashed)", references)
