@@ -11,15 +11,18 @@ from pathlib import Path
 
 
 def table(files: list[Path]) -> str:
-    lines = ["| run | method | path | ms/image | images/s | peak MiB | images/call | compiled |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | method | path | ms/image | images/s | peak MiB | images/call | compiled | x bound |",
+             "|---|---|---|---|---|---|---|---|---|"]
     settings = []
     for file in files:
         saved = json.loads(file.read_text())
         settings.append(f"- {file.stem}: {json.dumps(saved['settings'], sort_keys=True)}")
+        bounds = {r["method"]: r["ms_per_image"] for r in saved["results"] if r["path"] == "bound"}  # --breakdown
         for r in saved["results"]:
+            over = f"{r['ms_per_image'] / bounds[r['method']]:.2f}" if r["method"] in bounds else "-"
             lines.append(f"| {file.stem} | {r['method']} | {r['path']} | {r['ms_per_image']:.1f} | "
-                         f"{r['images_per_s']:.2f} | {r['peak_mib']:.0f} | {r['batch_images']} | {r['compiled']} |")
+                         f"{r['images_per_s']:.2f} | {r['peak_mib']:.0f} | {r['batch_images']} | {r['compiled']} | "
+                         f"{over} |")
     return "\n".join(lines) + "\n\nSettings\n\n" + "\n".join(settings) + "\n"
 
 
