@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .adapt.base import Method
@@ -30,23 +29,16 @@ from .adapt.prompts import TextPromptLearner
 
 
 class OwnLengthText:
-    """A prompt learner's class features with each prompt cut at its own EOT: the classes of one length
-    run together, the shared prefix once for all."""
+    """A prompt learner's class features with each prompt cut at its own EOT: one length bucket per
+    distinct length, the shared prefix once for all."""
 
     def __init__(self, learner: TextPromptLearner) -> None:
         self.learner = learner
-        self.n_prefix = 1 + learner.n_ctx
-        eot = learner.eot_index - self.n_prefix  # (C,) within the suffixes
-        self.groups = [(int(end), (eot == end).nonzero()[:, 0]) for end in eot.unique()]  # (EOT, class rows)
+        self.buckets = learner.bucketed(len(set(learner.suffix_lengths)))
 
     def __call__(self, ctx: Tensor | None = None) -> Tensor:
         """(C, D) normalised features of the learner's context, or (K, C, D) of K contexts (K, n_ctx, W)."""
-        learner = self.learner
-        eot = learner.eot_index - self.n_prefix
-        groups = [(learner.suffix[rows, :end + 1], eot[rows]) for end, rows in self.groups]
-        parts = learner.model.text.encode_prefix_groups(learner.prefix(ctx), groups, learner.deep_prefix())
-        order = torch.cat([rows for _, rows in self.groups]).argsort()
-        return F.normalize(torch.cat(parts, dim=-2)[..., order, :].float(), dim=-1)
+        return self.learner(ctx, self.buckets)
 
 
 class Bound:

@@ -214,9 +214,8 @@ class TextPromptLearner(nn.Module):
         self.register_buffer("padded_suffix", embeddings[:, 1 + n_ctx:].clone())  # mintclip.reference.text
         self.register_buffer("ctx_start", start.detach().clone())
         self.ctx = nn.Parameter(start.detach().clone())
-        self.buckets = length_buckets((self.eot_index - n_ctx).tolist())  # suffix lengths: EOT - SOS - context + 1
-        self.bucket_order = torch.cat([rows for rows, _ in self.buckets]).argsort().to(model.device)
-        self.buckets = [(rows.to(model.device), length) for rows, length in self.buckets]
+        self.suffix_lengths = (self.eot_index - n_ctx).tolist()  # EOT - SOS - context + 1, per class
+        self.buckets = self.bucketed(TEXT_BUCKETS)
         self._start_graph: tuple[Tensor, Tensor] | None = None
 
     def reset(self) -> None:
@@ -243,12 +242,21 @@ class TextPromptLearner(nn.Module):
         """Context tokens that replace the prefix's at deeper text blocks (MaPLe); none here."""
         return []
 
-    def forward(self, ctx: Tensor | None = None) -> Tensor:
+    def bucketed(self, most: int) -> tuple[list[tuple[Tensor, int]], Tensor]:
+        """The classes in at most `most` length buckets (`length_buckets`), on the model's device, and the
+        order that puts the buckets' rows back in class order."""
+        buckets = [(rows.to(self.sos.device), length) for rows, length in length_buckets(self.suffix_lengths, most)]
+        return buckets, torch.cat([rows for rows, _ in buckets]).argsort()
+
+    def forward(self, ctx: Tensor | None = None,
+                buckets: tuple[list[tuple[Tensor, int]], Tensor] | None = None) -> Tensor:
         """(C, D) normalised class features of `self.ctx`; given K contexts (K, n_ctx, W), (K, C, D) in one
-        pass of the text encoder (one prompt per test image of a batch), with grad to them."""
-        n_prefix = 1 + self.n_ctx
-        ends = self.eot_index - n_prefix  # (C,) within the suffixes
-        groups = [(self.suffix[rows, :length], ends[rows]) for rows, length in self.buckets]
-        parts = self.model.text.encode_prefix_groups(self.prefix(ctx), groups, self.deep_prefix())
-        features = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)[..., self.bucket_order, :]
+        pass of the text encoder (one prompt per test image of a batch), with grad to them. `buckets`:
+        other length buckets than the learner's own (`bucketed`)."""
+        groups, order = self.buckets if buckets is None else buckets
+        ends = self.eot_index - 1 - self.n_ctx  # (C,) within the suffixes
+        parts = self.model.text.encode_prefix_groups(self.prefix(ctx), [(self.suffix[rows, :length], ends[rows])
+                                                                         for rows, length in groups],
+                                                     self.deep_prefix())
+        features = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)[..., order, :]
         return F.normalize(features.float(), dim=-1)
