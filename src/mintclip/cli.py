@@ -335,7 +335,8 @@ def _demo(args: argparse.Namespace) -> int:
     methods = comma_list(args.methods) if args.methods else None
     config = DemoConfig(out=args.out, per_class=args.per_class, samples=args.samples, weights=args.weights,
                         data=args.data, device=device_of(args), shots=args.shots,
-                        progress=not args.no_progress, **({"methods": methods} if methods else {}))
+                        progress=not args.no_progress, studies=not args.no_studies,
+                        **({"methods": methods} if methods else {}))
     print(demo(config, log=lambda line: print(line, file=sys.stderr)))
     runs = runs_folder(Path(args.out), args.samples)
     print(f"wrote {runs}/<method>/ (records, summaries) and {runs}/report/ (summary.md, summary.csv, gains.csv, "
@@ -488,6 +489,8 @@ def _populate_demo(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--data", help="where the images go (default: <out>/data)")
     demo.add_argument("--gpu", type=non_negative_int, help="CUDA device index (default: the CPU, or --device)")
     demo.add_argument("--device", help="torch device, e.g. cuda:1 or cpu (default: the CPU)")
+    demo.add_argument("--no-studies", action="store_true", help="skip the stream studies (MINT, DynaPrompt and TDA "
+                      "under the cyclic, dirichlet and open-set scenarios; MINT's bank-size and kappa sweep)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
 

@@ -27,6 +27,13 @@ def test_a_reduced_demo_runs_every_method_on_every_domain(tmp_path, capsys):
     assert "check PASS: prompt sensitivity" in logged or "check FAIL: prompt sensitivity" in logged
     assert json.loads((out / "data" / "shiftbench.json").read_text())["per_class"] == 1
     assert "coop: prompts trained on 1 source images per class" in logged  # before test time, on the source
+    # the stream studies: the online methods under the scenarios, MINT's bank size and kappa one at a time
+    assert "| method | sequential | cyclic:3 | dirichlet:0.1 | open-set top-1 | AUROC | FPR@95 |" in table
+    for method in ("mint", "dynaprompt", "tda"):
+        assert f"| {method} | " in table.split("## Online methods under stream scenarios")[1]
+        assert len(read_records(runs / f"{method}-cyclic" / "seed0" / SHIFTED[0] / "records.jsonl")) == 3
+    assert (runs / "sweep-mint" / "report" / "sensitivity_bank_size.png").is_file()
+    assert (runs / "sweep-mint" / "report" / "sensitivity_selection.png").is_file()
 
     before = {p: p.read_bytes() for p in runs.glob("*/seed0/*/records.jsonl")}
     assert main(args) == 0  # the same command again resumes: every run is complete, nothing changes

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from ..adapt.prompts import PROMPTS_FILE
 from ..engine import RunConfig, RunError, run
-from ..engine.report import report_runs
+from ..engine.records import read_records
+from ..engine.report import detection_metrics, metrics, report_runs
+from ..engine.sweep import run_sweep
 from ..engine.train_prompts import PromptTrainingRun, train_prompts
 from ..model import load_clip
 from .check import format_checks, run_checks, verdict_lines
-from .render import CLASSES, SHIFTED, write_domains
+from .render import CLASSES, EMPTY, SHIFTED, write_domains, write_empty_scenes
 from .train import DATA_SIZE, shipped_checkpoint
 
 # The papers' row order; the online methods last. "M+coop": method M started from the trained CoOp
@@ -31,6 +33,12 @@ DEMO_METHODS = ("zeroshot", "ensemble", "coop", "cocoop", "maple", "tpt", "tpt+c
                 "mta", "mint", "mint+coop", "tda", "dynaprompt")
 # trained before test time on the source domain's shots, and the hyper-parameter that takes the file
 TRAINED = {"coop": "prompts", "cocoop": "prompts", "maple": "prompts", "metatpt": "meta"}
+# the stream studies (docs/protocols.md): the online methods under these scenarios over the four domains
+# in turn; "sequential" is the order of the rows above, whose runs it reuses
+STUDY_METHODS = ("mint", "dynaprompt", "tda")
+STUDY_SCENARIOS = ("sequential", "cyclic:3", "dirichlet:0.1", f"open-set:folder:{EMPTY}:0.2")
+# MINT's own next steps (the paper): the bank size and the confidence share kappa, one at a time
+MINT_ABLATION = {"bank_size": ["128", "256", "512", "1024"], "selection": ["0.05", "0.1", "0.2", "0.5"]}
 
 
 @dataclass
@@ -45,6 +53,7 @@ class DemoConfig:
     shots: int = 16  # source images per class the prompt learners train on (the seed table's 16 shots)
     device: str = "cpu"
     progress: bool = True
+    studies: bool = True  # the online methods under the stream scenarios, and MINT's sensitivity sweep
 
 
 def ensure_data(folder: Path, per_class: int, seed: int, runs: list[Path]) -> None:
@@ -94,9 +103,50 @@ def demo(config: DemoConfig, log: Callable[[str], None] = print) -> str:
         log(f"  {row}: {time.perf_counter() - started:.0f} s")
     markdown = report_runs([runs / row for row in config.methods], runs / "report", labels=config.methods)
     checks = prompt_checks(weights, config.per_class, config.device, log)
-    (runs / "report" / "summary.md").write_text(f"{markdown}\n{checks}")
+    studies = stream_studies(config, data, runs, weights, log) if config.studies else ""
+    (runs / "report" / "summary.md").write_text(f"{markdown}\n{checks}{studies}")
     log(f"done in {time.perf_counter() - began:.0f} s")
-    return f"{markdown}\n{checks}"
+    return f"{markdown}\n{checks}{studies}"
+
+
+def stream_studies(config: DemoConfig, data: Path, runs: Path, weights: str, log: Callable[[str], None]) -> str:
+    """The demo's online methods under STUDY_SCENARIOS (one table: top-1 averaged over the domains, and
+    the open-set stream's AUROC / FPR@95 against empty scenes), then MINT's one-at-a-time sweep of its
+    bank size and kappa (sensitivity plots in runs/sweep-mint/report); returns the Markdown."""
+    methods = [m for m in STUDY_METHODS if m in config.methods]
+    if not methods:
+        return ""
+    write_empty_scenes(data, per_kind=max(2, config.per_class * len(CLASSES) // 10), seed=config.seed)
+    base = dict(data_root=str(data), test_sets=[f"folder:{d}" for d in SHIFTED], weights=weights,
+                device=config.device, workers=0, limit=config.samples, resume=True, progress=config.progress)
+    header = ["method", *STUDY_SCENARIOS[:-1], "open-set top-1", "AUROC", "FPR@95"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for method in methods:
+        cells = []
+        for scenario in STUDY_SCENARIOS:
+            started = time.perf_counter()
+            folder = runs / method if scenario == "sequential" else runs / f"{method}-{scenario.split(':')[0]}"
+            if scenario != "sequential":
+                run(RunConfig(**base, method=method, out=str(folder), scenario=scenario))
+                log(f"  {method} --scenario {scenario}: {time.perf_counter() - started:.0f} s")
+            sets = [read_records(folder / "seed0" / d / "records.jsonl") for d in SHIFTED]
+            cells.append(f"{sum(metrics(r).top1 for r in sets) / len(sets):.2f}")
+        found = [f for f in map(detection_metrics, sets) if f is not None]  # the open-set stream's domains
+        cells += [f"{sum(f.auroc for f in found) / len(found):.2f}" if found else "-",
+                  f"{sum(f.fpr95 for f in found) / len(found):.2f}" if found else "-"]  # a --samples cut may hold no OOD
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    markdown = ("\n## Online methods under stream scenarios (top-1 %, average of the four domains; open-set: "
+                f"{STUDY_SCENARIOS[-1]}, AUROC and FPR@95 % of in-distribution versus empty scenes by maximum "
+                "softmax probability)\n\n" + "\n".join(lines) + "\n")
+    if "mint" in methods:
+        started = time.perf_counter()
+        sweep = run_sweep(RunConfig(**base, method="mint", out=""), runs / "sweep-mint", {}, MINT_ABLATION)
+        log(f"  mint sweep of {', '.join(MINT_ABLATION)}: {time.perf_counter() - started:.0f} s")
+        tables = [part.replace("](sensitivity_", "](../sweep-mint/report/sensitivity_")  # links from runs/report
+                  for part in sweep.split("\n## ")[1:] if not part.startswith(("Diagnostics", "Files"))]
+        markdown += (f"\n## MINT's bank size and kappa, one at a time (plots and diagnostics in "
+                     f"{runs / 'sweep-mint' / 'report'})\n" + "".join(f"\n### {part.rstrip()}\n" for part in tables))
+    return markdown
 
 
 def demo_prompts(config: DemoConfig, method: str, weights: str, log: Callable[[str], None]) -> Path:

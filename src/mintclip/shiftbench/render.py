@@ -463,3 +463,25 @@ def write_domains(root: str | Path, domains: Sequence[str] = SHIFTED, per_class:
             for index, path in enumerate(files):
                 render(label, domain, image_rng(seed, domain, label, index), size)[0].save(path)
     return written
+
+
+EMPTY = "empty"  # the out-of-distribution folder: source-look scenes with no object of any class
+
+
+def write_empty_scenes(root: str | Path, per_kind: int = 10, seed: int = 1, size: int = 96) -> Path:
+    """Writes root/empty/<background kind>/empty_<index:04d>.png: the source domain's backgrounds, grain
+    and blur with no object in them, the open-set scenario's out-of-distribution images (every test
+    image shows one of the classes; these show none). Same arguments, byte-identical files."""
+    look, top = LOOKS["source"], Path(root) / EMPTY
+    for k, kind in enumerate(look.backgrounds):
+        folder = top / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [folder / f"{EMPTY}_{index:04d}.png" for index in range(per_kind)]
+        for stale in set(folder.glob(f"{EMPTY}_*.png")) - set(files):
+            stale.unlink()
+        for index, path in enumerate(files):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, len(DOMAINS), k, index]))  # apart from domains'
+            img = _background(kind, rng, size) * rng.uniform(*look.exposure)
+            _finish(img, rng, look.blur, look.noise).save(path)
+    return top
+
