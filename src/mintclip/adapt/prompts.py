@@ -64,8 +64,8 @@ def prompt_learner(model: CLIP, classnames: list[str], config: PromptTuningConfi
     return TextPromptLearner(model, classnames, config.n_ctx, context_words(config.ctx_init), ctx_vectors)
 
 
-PROMPTS_FILE = "prompts.safetensors"
-TEXT_BUCKETS = 4  # most length buckets of a class-prompt pass (measured: docs/performance.md § Text side)  # what `train-prompts --out DIR` writes in DIR
+PROMPTS_FILE = "prompts.safetensors"  # what `train-prompts --out DIR` writes in DIR
+TEXT_BUCKETS = 4  # most length buckets of a class-prompt pass (measured: docs/performance.md § Text side)
 
 
 @lru_cache

@@ -54,7 +54,10 @@ class DecodedImages(Dataset):
 def stream_images(dataset: ImageDataset, order: Sequence[int] | None = None, workers: int = 4,
                   min_side: int | None = min_side_for()) -> Iterator[StreamItem]:
     """Decoded images in `order` (default: dataset order), prefetched by `workers` processes."""
-    images = DecodedImages(dataset, range(len(dataset)) if order is None else order, min_side)
-    loader = DataLoader(images, batch_size=None, shuffle=False, num_workers=workers,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
-    yield from loader
+    yield from prefetched(DecodedImages(dataset, range(len(dataset)) if order is None else order, min_side), workers)
+
+
+def prefetched(images: Dataset, workers: int) -> Iterator[StreamItem]:
+    """`images` (a dataset of StreamItems) in order, decoded ahead by `workers` processes (0: in this one)."""
+    yield from DataLoader(images, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
+                          prefetch_factor=4 if workers else None)

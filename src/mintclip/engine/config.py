@@ -18,7 +18,7 @@ from ..model import CLIP
 from .records import RunLog
 
 if TYPE_CHECKING:
-    from .scenarios import Item, Scenario
+    from .scenarios import Scenario
 
 
 class RunError(ValueError):
@@ -103,10 +103,6 @@ class Prepared:
     log: RunLog  # run.log; writes nothing on the other processes of a torchrun job
     scenario: Scenario  # the parsed --scenario
     ood: ImageDataset | None = None  # the out-of-distribution set an open-set scenario mixes in
-
-    def dataset_of(self, item: Item) -> ImageDataset:
-        """The dataset an item of the stream reads its image from."""
-        return self.ood if item.ood else self.datasets[item.set_id]
 
 
 def augmix_for(config: RunConfig, method: Method, dataset: ImageDataset) -> bool:

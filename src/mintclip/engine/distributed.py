@@ -17,12 +17,14 @@ a killed job restarted with --resume continues every shard where it stopped.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from .config import RunError
 from .records import atomic_write_bytes, encode_records, read_records
 from .scenarios import Item, set_positions
 
@@ -64,6 +66,22 @@ class Shard:
     def barrier(self) -> None:
         if self.sharded:
             dist.barrier()
+
+    def on_rank_zero(self, check: Callable[[], None]) -> None:
+        """`check` on rank 0 alone, its RunError raised on every process: a refused job stops everywhere
+        with the same line, and no other rank races rank 0 on what the check reads or writes."""
+        refused = None
+        if self.rank == 0:
+            try:
+                check()
+            except RunError as e:
+                refused = str(e)
+        if self.sharded:
+            told = [refused]
+            dist.broadcast_object_list(told, src=0)
+            refused = told[0]
+        if refused:
+            raise RunError(refused)
 
     def online_streams(self, sets: list[str], sub_streams: int | None) -> list[OnlineStream]:
         """The streams of an online method this process runs: by default one through its whole sets;

@@ -138,19 +138,9 @@ def check_previous_run(config: RunConfig, out: Path, datasets: dict[str, ImageDa
 def claim_output(out: Path, shard: Shard) -> IO[str] | None:
     """Rank 0 locks the output folder for the whole job (its processes share the folder); every process
     learns whether it could, so a refused job stops everywhere with the same line."""
-    lock, refused = None, None
-    if shard.rank == 0:
-        try:
-            lock = lock_output(out)
-        except RunError as e:
-            refused = str(e)
-    if shard.sharded:
-        told = [refused]
-        torch.distributed.broadcast_object_list(told, src=0)
-        refused = told[0]
-    if refused:
-        raise RunError(refused)
-    return lock
+    held: list[IO[str]] = []
+    shard.on_rank_zero(lambda: held.append(lock_output(out)))
+    return held[0] if held else None
 
 
 def lock_output(out: Path) -> IO[str]:

@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..adapt.base import Method, autocast_for
 from ..adapt.prompts import encode_class_prompts
 from ..data import StreamItem, ViewMaker, min_side_for
-from ..data.loader import DecodedImages
+from ..data.loader import DecodedImages, prefetched
 from ..model import CLIP
 from .config import Prepared, RunConfig, augmix_for
 from .records import RecordWriter, atomic_write_json
@@ -46,10 +46,9 @@ class StreamImages(Dataset):
 
 
 def stream_decoded(prepared: Prepared, items: list[Item], workers: int) -> Iterator[StreamItem]:
-    """The items' images in order, prefetched by `workers` processes (as data.stream_images)."""
-    images = StreamImages(prepared, items, min_side_for(prepared.model.config.preprocess.image_size))
-    yield from DataLoader(images, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=False,
-                          prefetch_factor=4 if workers else None)
+    """The items' images in order, prefetched by `workers` processes."""
+    yield from prefetched(StreamImages(prepared, items, min_side_for(prepared.model.config.preprocess.image_size)),
+                          workers)
 
 
 class Timing:

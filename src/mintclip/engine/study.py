@@ -10,6 +10,7 @@ from typing import Any
 from ..data import set_label
 from .plots import line_chart_png
 from .records import read_records
+from .report import stream_accuracy
 
 TRACE = "trace.jsonl"  # beside each set's records.jsonl: one line per sample, in the set's stream order
 MOST_POINTS = 400  # drawn per line; longer streams are sampled evenly
@@ -62,12 +63,10 @@ def draw_stream_study(folder: Path, sets: list[str], method: str) -> list[Path]:
         drawn.append(folder / "stream_trace.png")
         line_chart_png(sampled, drawn[-1], f"{method}: its state along the stream (every {step} samples)",
                        "stream position", marks=switches(order, step))
-    block = max(10, len(rows) // 40)
-    hits = [("top5" in record and record["top5"][0][0] == record["label"], "top5" in record and not record.get("ood"))
-            for _, record, _ in rows]
-    accuracy = [100 * sum(hit for hit, scored in hits[i:i + block] if scored)
-                / max(1, sum(scored for _, scored in hits[i:i + block])) for i in range(0, len(hits), block)]
+    scored = [(set_id, record) for set_id, record, _ in rows if "skipped" not in record and not record.get("ood")]
+    block = max(10, len(scored) // 40)
     drawn.append(folder / "stream_accuracy.png")
-    line_chart_png({method: accuracy}, drawn[-1], f"{method}: top-1 (%) per block of {block} samples along the stream",
-                   "stream position", marks=switches(order, block))
+    line_chart_png({method: stream_accuracy([record for _, record in scored], block)}, drawn[-1],
+                   f"{method}: top-1 (%) per block of {block} scored images along the stream", "stream position",
+                   marks=switches([set_id for set_id, _ in scored], block))
     return drawn

@@ -20,7 +20,7 @@ import io
 import itertools
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,23 +102,6 @@ def claim_sweep(out: Path, manifest: dict[str, Any], resume: bool) -> None:
     atomic_write_json(saved, manifest)
 
 
-def on_rank_zero(shard: Shard, check: Callable[[], None]) -> None:
-    """`check` on rank 0 alone, its refusal raised on every process: a refused job stops everywhere with
-    the same line, and no other rank reads the manifest that rank 0 has just written."""
-    refused = None
-    if shard.rank == 0:
-        try:
-            check()
-        except RunError as e:
-            refused = str(e)
-    if shard.sharded:
-        told = [refused]
-        torch.distributed.broadcast_object_list(told, src=0)
-        refused = told[0]
-    if refused:
-        raise RunError(refused)
-
-
 def run_sweep(base: RunConfig, out: Path, grid: dict[str, list[str]], ablation: dict[str, list[str]]) -> str:
     """Every point in order under `out`, then the report of them all (out/report); returns its Markdown
     on rank 0, '' on the other processes of a torchrun job. The job keeps one process group for the
@@ -133,7 +116,7 @@ def run_sweep(base: RunConfig, out: Path, grid: dict[str, list[str]], ablation: 
     check_device(device)  # before the process group's set_device, as `run` does
     created = shard.start(device)
     try:
-        on_rank_zero(shard, lambda: claim_sweep(out, manifest, base.resume))
+        shard.on_rank_zero(lambda: claim_sweep(out, manifest, base.resume))
         for point in points:
             run(dataclasses.replace(base, out=str(out / point.name), hp={**base.hp, **point.overrides}))
     finally:
